@@ -2066,6 +2066,7 @@ type DeviceAuth struct {
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
 	TokenHash     []byte                 `protobuf:"bytes,3,opt,name=token_hash,json=tokenHash,proto3" json:"token_hash,omitempty"`
+	Ip            string                 `protobuf:"bytes,4,opt,name=ip,proto3" json:"ip,omitempty"` // the client's address, for the device's last_seen_ip
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2119,6 +2120,13 @@ func (x *DeviceAuth) GetTokenHash() []byte {
 		return x.TokenHash
 	}
 	return nil
+}
+
+func (x *DeviceAuth) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
 }
 
 type DeviceAuthReply struct {
@@ -3109,13 +3117,14 @@ const file_messages_proto_rawDesc = "" +
 	"\n" +
 	"token_hash\x18\x03 \x01(\fR\ttokenHash\x12!\n" +
 	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12\x0e\n" +
-	"\x02ip\x18\x05 \x01(\tR\x02ip\"a\n" +
+	"\x02ip\x18\x05 \x01(\tR\x02ip\"q\n" +
 	"\n" +
 	"DeviceAuth\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1d\n" +
 	"\n" +
-	"token_hash\x18\x03 \x01(\fR\ttokenHash\"'\n" +
+	"token_hash\x18\x03 \x01(\fR\ttokenHash\x12\x0e\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\"'\n" +
 	"\x0fDeviceAuthReply\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\"C\n" +
 	"\vDeviceQuery\x12\x17\n" +

@@ -1,0 +1,52 @@
+# shoal — a Matrix homeserver that scales out by adding nodes.
+GO       ?= go
+BIN      := bin/shoal
+PKGS     := ./...
+# The race detector slows actors and bbolt several-fold; tests are written
+# for that and stay well inside CI's budget.
+TESTFLAGS ?= -race -timeout 20m
+FUZZTIME ?= 15s
+
+.PHONY: all build run test test-go test-fuzz bench lint proto clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/shoal
+	$(GO) build -o bin/shoalbench ./cmd/shoalbench
+
+# One node with embedded defaults: server name localhost, http://127.0.0.1:8008,
+# data under ./shoal-data, registration open (loopback only).
+run:
+	$(GO) build -o $(BIN) ./cmd/shoal
+	./$(BIN) serve
+
+test: test-go test-fuzz
+
+test-go:
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+# A short run of each fuzzer on top of its committed corpus; run longer by
+# hand with FUZZTIME=10m.
+test-fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzCanonicalJSON$$' -fuzztime $(FUZZTIME) ./eventgraph
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME) ./eventgraph
+
+# Go benchmarks of the hot paths, then the load tool (cmd/shoalbench), which
+# starts a fresh node from bin/shoal and drives it over HTTP.
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./eventgraph ./storage
+	./bin/shoalbench -shoal ./bin/shoal
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+# Regenerate the committed protobuf code. Needs protoc (Debian:
+# protobuf-compiler) and protoc-gen-go (go install
+# google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12).
+proto:
+	cd actors/pb && PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative messages.proto
+
+clean:
+	rm -rf bin

@@ -1,0 +1,19 @@
+package actors
+
+import (
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/shoal-chat/shoal/actors/pb"
+)
+
+// Kinds maps each identity prefix to the constructor of its actor kind.
+// The partition hosts (package cluster) activate actors through it.
+func Kinds() map[string]func(env *Env) actor.Actor {
+	return map[string]func(env *Env) actor.Actor{
+		pb.KindRoom:      NewRoom,
+		pb.KindUser:      NewUser,
+		pb.KindDevice:    NewDevice,
+		pb.KindAlias:     NewAlias,
+		pb.KindDirectory: NewDirectory,
+	}
+}

@@ -1,0 +1,608 @@
+package actors
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shoal-chat/shoal/actors/pb"
+	"github.com/shoal-chat/shoal/eventgraph"
+	"github.com/shoal-chat/shoal/storage"
+)
+
+// roomActor is the single writer of one room (identity room/<room_id>): it
+// builds, authorises and persists the room's events, answers reads of its
+// timeline and state, keeps the room's typing notifications and receipts,
+// and tells its local members' user actors when it moves.
+//
+// In memory it holds what every new event needs: the current state and its
+// events, the forward extremities, the members index and the ephemeral data.
+// Timeline reads go to the partition's bbolt file.
+type roomActor struct {
+	env    *Env
+	roomID string
+
+	loadErr error
+	exists  bool
+	rv      *eventgraph.RoomVersion
+	meta    storage.RoomMeta
+	create  *eventgraph.Event
+
+	state eventgraph.StateMap
+	// stateEvents are the events of the current state, by ID.
+	stateEvents map[string]*eventgraph.Event
+	// extremities are the forward extremities' events, by ID.
+	extremities map[string]*eventgraph.Event
+	members     map[string]memberInfo
+
+	typing    map[string]time.Time // user → typing until
+	typingPos uint64               // ephemeral position of the last typing change
+	receipts  map[storage.RoomReceiptKey]storage.RoomReceipt
+	ephPos    uint64
+	sweep     *time.Timer
+	sweepAt   time.Time
+}
+
+// memberInfo is one user's current membership.
+type memberInfo struct {
+	Membership string
+	Pos        uint64 // stream position of the membership event
+	EventID    string
+}
+
+// NewRoom makes the actor of one room; its identity is room/<room_id>.
+func NewRoom(env *Env) actor.Actor {
+	return &roomActor{env: env, roomID: strings.TrimPrefix(env.Identity, pb.KindRoom+"/")}
+}
+
+func (r *roomActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		if r.env.IdleTimeout > 0 {
+			ctx.SetReceiveTimeout(r.env.IdleTimeout)
+		}
+		if err := r.load(); err != nil {
+			r.loadErr = err
+			r.env.Log.Error("room: load failed", slog.Any("err", err))
+		}
+	case *actor.ReceiveTimeout:
+		ctx.Send(ctx.Parent(), &pb.Passivate{Identity: r.env.Identity})
+	case *actor.Stopping:
+		if r.sweep != nil {
+			r.sweep.Stop()
+		}
+	case proto.Message:
+		if r.loadErr != nil {
+			r.respond(ctx, nil, ErrUnknown("room unavailable"))
+			return
+		}
+		r.handle(ctx, m)
+		if !r.exists {
+			// A room that does not exist (a client guessing IDs) keeps no
+			// activation around: the next message starts afresh.
+			ctx.Send(ctx.Parent(), &pb.Passivate{Identity: r.env.Identity})
+		}
+	}
+}
+
+func (r *roomActor) handle(ctx actor.Context, msg proto.Message) {
+	switch m := msg.(type) {
+	case *pb.CreateRoom:
+		res, err := r.createRoom(m)
+		r.respond(ctx, res, err)
+	case *pb.SendEvent:
+		res, err := r.sendEvent(m)
+		r.respond(ctx, res, err)
+	case *pb.Membership:
+		res, err := r.membership(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomQuery:
+		res, err := r.query(m)
+		r.respond(ctx, res, err)
+	case *pb.SyncRoom:
+		res, err := r.syncRoom(m)
+		r.respond(ctx, res, err)
+	case *pb.Typing:
+		res, err := r.setTyping(m)
+		r.respond(ctx, res, err)
+	case *pb.Receipt:
+		res, err := r.setReceipt(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomPublish:
+		res, err := r.publish(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomAliasUpdate:
+		res, err := r.updateAlias(m)
+		r.respond(ctx, res, err)
+	default:
+		r.respond(ctx, nil, Errorf(http.StatusBadRequest, "M_UNRECOGNIZED", "room cannot handle %T", msg))
+	}
+}
+
+// respond answers a request (fire-and-forget senders get nothing). Internal
+// errors are logged here: the caller only sees M_UNKNOWN.
+func (r *roomActor) respond(ctx actor.Context, res proto.Message, err error) {
+	if err != nil {
+		var me *MatrixError
+		if !errors.As(err, &me) {
+			r.env.Log.Error("room: request failed", slog.Any("err", err))
+		}
+		if ctx.Sender() != nil {
+			if me != nil {
+				ctx.Respond(ToPB(me))
+			} else {
+				ctx.Respond(ToPB(err))
+			}
+		}
+		return
+	}
+	if ctx.Sender() != nil && res != nil {
+		ctx.Respond(res)
+	}
+}
+
+// load reads the room from storage. A room never created leaves exists
+// false and writes nothing.
+func (r *roomActor) load() error {
+	r.state = eventgraph.StateMap{}
+	r.stateEvents = map[string]*eventgraph.Event{}
+	r.extremities = map[string]*eventgraph.Event{}
+	r.members = map[string]memberInfo{}
+	r.typing = map[string]time.Time{}
+	r.receipts = map[storage.RoomReceiptKey]storage.RoomReceipt{}
+	return r.env.Partition.View(func(tx *bbolt.Tx) error {
+		rt := storage.Room(tx, r.env.Identity)
+		meta, ok, err := rt.Meta()
+		if err != nil || !ok {
+			return err
+		}
+		rv, ok := eventgraph.GetRoomVersion(eventgraph.RoomVersionID(meta.Version))
+		if !ok {
+			return fmt.Errorf("room %s: stored room version %q unknown", r.roomID, meta.Version)
+		}
+		r.rv, r.meta = rv, meta
+		entries, err := rt.State()
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			ev, rec, err := r.readEvent(rt, e.EventID)
+			if err != nil {
+				return err
+			}
+			if ev == nil {
+				return fmt.Errorf("room %s: state event %s missing", r.roomID, e.EventID)
+			}
+			k := eventgraph.StateKey{Type: e.Type, StateKey: e.StateKey}
+			r.state[k] = e.EventID
+			r.stateEvents[e.EventID] = ev
+			if e.Type == eventgraph.TypeMember {
+				mem, _ := ev.Membership()
+				r.members[e.StateKey] = memberInfo{Membership: mem, Pos: rec.Pos, EventID: e.EventID}
+			}
+		}
+		r.create = r.stateEvents[r.state[eventgraph.StateKey{Type: eventgraph.TypeCreate}]]
+		if r.create == nil {
+			return fmt.Errorf("room %s: no create event in state", r.roomID)
+		}
+		for _, id := range meta.Extremities {
+			ev, _, err := r.readEvent(rt, id)
+			if err != nil {
+				return err
+			}
+			if ev == nil {
+				return fmt.Errorf("room %s: forward extremity %s missing", r.roomID, id)
+			}
+			r.extremities[id] = ev
+		}
+		err = rt.Receipts(func(k storage.RoomReceiptKey, rc storage.RoomReceipt) error {
+			r.receipts[k] = rc
+			r.ephPos = max(r.ephPos, rc.EphemeralPos)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Typing changes before a restart moved the ephemeral position to
+		// about the time they happened; starting from now keeps it from
+		// going back.
+		r.ephPos = max(r.ephPos, uint64(max(r.env.NowMillis(), 0)))
+		r.exists = true
+		return nil
+	})
+}
+
+// readEvent loads and parses one stored event (nil if absent).
+func (r *roomActor) readEvent(rt storage.RoomTx, id string) (*eventgraph.Event, *storage.RoomEvent, error) {
+	rec, err := rt.Event(id)
+	if err != nil || rec == nil {
+		return nil, nil, err
+	}
+	ev, err := eventgraph.NewEventFromTrustedJSON(rec.PDU, r.rv, id)
+	if err != nil {
+		return nil, nil, fmt.Errorf("room %s: %w", r.roomID, err)
+	}
+	return ev, rec, nil
+}
+
+// lookup finds an event the room holds in memory.
+func (r *roomActor) lookup(id string) (*eventgraph.Event, error) {
+	if ev, ok := r.stateEvents[id]; ok {
+		return ev, nil
+	}
+	if ev, ok := r.extremities[id]; ok {
+		return ev, nil
+	}
+	return nil, nil
+}
+
+func (r *roomActor) stateEvent(typ, stateKey string) *eventgraph.Event {
+	id, ok := r.state[eventgraph.StateKey{Type: typ, StateKey: stateKey}]
+	if !ok {
+		return nil
+	}
+	return r.stateEvents[id]
+}
+
+func (r *roomActor) membershipOf(userID string) string {
+	return r.members[userID].Membership
+}
+
+func (r *roomActor) powerLevels() (*eventgraph.PowerLevels, error) {
+	pl, err := eventgraph.NewPowerLevels(r.rv, r.create, r.stateEvent(eventgraph.TypePowerLevels, ""))
+	if err != nil {
+		return nil, fmt.Errorf("room %s: power levels: %w", r.roomID, err)
+	}
+	return pl, nil
+}
+
+// mustExist refuses requests to a room that has not been created.
+func (r *roomActor) mustExist() error {
+	if !r.exists {
+		return ErrNotFound("room not found")
+	}
+	return nil
+}
+
+// isLocal reports whether userID belongs to this server.
+func (r *roomActor) isLocal(userID string) bool {
+	return serverOf(userID) == r.env.Server.ServerName
+}
+
+// nextEphemeral advances the ephemeral position: max(previous+1, now in
+// ms), so it keeps growing across restarts without persisting typing.
+func (r *roomActor) nextEphemeral() uint64 {
+	now := uint64(max(r.env.NowMillis(), 0))
+	r.ephPos = max(r.ephPos+1, now)
+	return r.ephPos
+}
+
+// ---- building and committing events ----
+
+// batch is a group of new events committed in one transaction: one request
+// (a message, or the whole initial state of a new room). Each event is built
+// and authorised against the state the previous ones left.
+type batch struct {
+	r       *roomActor
+	overlay eventgraph.StateMap // state changed by the batch
+	added   map[string]*eventgraph.Event
+	extrem  []string
+	depth   int64
+	pos     uint64
+	now     int64
+	events  []*pendingEvent
+	// redacted maps redacted event IDs to their new stored form.
+	redacted map[string]*storage.RoomEvent
+	// redactedEvents are redacted copies of current state events.
+	redactedEvents map[string]*eventgraph.Event
+	published      *bool
+}
+
+type pendingEvent struct {
+	ev    *eventgraph.Event
+	rec   storage.RoomEvent
+	delta *storage.RoomStateDelta
+	txn   [3]string // user, device, txn ID; empty txn ID for none
+}
+
+func (r *roomActor) newBatch() *batch {
+	ext := make([]string, 0, len(r.meta.Extremities))
+	ext = append(ext, r.meta.Extremities...)
+	return &batch{r: r, overlay: eventgraph.StateMap{}, added: map[string]*eventgraph.Event{},
+		extrem: ext, depth: r.meta.Depth, pos: r.meta.Pos, now: r.env.NowMillis(),
+		redacted: map[string]*storage.RoomEvent{}, redactedEvents: map[string]*eventgraph.Event{}}
+}
+
+func (b *batch) stateID(k eventgraph.StateKey) (string, bool) {
+	if id, ok := b.overlay[k]; ok {
+		return id, true
+	}
+	id, ok := b.r.state[k]
+	return id, ok
+}
+
+func (b *batch) lookup(id string) (*eventgraph.Event, error) {
+	if ev, ok := b.redactedEvents[id]; ok {
+		return ev, nil
+	}
+	if ev, ok := b.added[id]; ok {
+		return ev, nil
+	}
+	return b.r.lookup(id)
+}
+
+// AuthEvent implements eventgraph.AuthEvents over the batch's state.
+func (b *batch) AuthEvent(k eventgraph.StateKey) (*eventgraph.Event, error) {
+	id, ok := b.stateID(k)
+	if !ok {
+		return nil, nil
+	}
+	ev, err := b.lookup(id)
+	if err == nil && ev == nil {
+		err = fmt.Errorf("room %s: state event %s not loaded", b.r.roomID, id)
+	}
+	return ev, err
+}
+
+// add builds d on top of the batch, checks it against the auth rules and
+// appends it. An auth failure is a 403 naming the rule's reason.
+func (b *batch) add(d eventDraft, device, txn string) (*eventgraph.Event, error) {
+	if err := checkDraft(d); err != nil {
+		return nil, err
+	}
+	rv := b.r.rv
+	var authIDs []string
+	for _, k := range eventgraph.AuthEventsNeeded(d.Type, d.StateKey, d.Sender, d.Content, rv) {
+		if id, ok := b.stateID(k); ok {
+			authIDs = append(authIDs, id)
+		}
+	}
+	prev := b.extrem
+	if len(prev) > maxPrevEvents {
+		prev = prev[len(prev)-maxPrevEvents:]
+	}
+	maxDepth := int64(0)
+	for _, id := range prev {
+		if ev, _ := b.lookup(id); ev != nil {
+			maxDepth = max(maxDepth, ev.Depth())
+		}
+	}
+	depth := max(maxDepth, b.depth) + 1
+	roomID := b.r.roomID
+	if rv.RoomIDFromCreateEvent && d.Type == eventgraph.TypeCreate {
+		roomID = ""
+	}
+	ev, err := buildEvent(b.r.env.Server, rv, eventgraph.ProtoEvent{RoomID: roomID, Sender: d.Sender, Type: d.Type,
+		StateKey: d.StateKey, Content: d.Content, Redacts: d.Redacts, PrevEvents: append([]string{}, prev...),
+		AuthEvents: authIDs, Depth: depth, OriginServerTS: b.now}, b.lookup)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.authorise(ev); err != nil {
+		return nil, err
+	}
+	b.append(ev, device, txn)
+	return ev, nil
+}
+
+// authorise applies the room version's auth rules against the batch state.
+func (b *batch) authorise(ev *eventgraph.Event) error {
+	var authEvents eventgraph.AuthEvents = b
+	if ev.Type() == eventgraph.TypeCreate && ev.IsState() {
+		authEvents = eventgraph.AuthEventMap{}
+	}
+	if err := eventgraph.Allowed(ev, authEvents); err != nil {
+		var ae *eventgraph.AuthError
+		if errors.As(err, &ae) {
+			return ErrForbidden("%s", ae.Reason)
+		}
+		return fmt.Errorf("room %s: auth check: %w", b.r.roomID, err)
+	}
+	return nil
+}
+
+// append places an authorised event at the next stream position.
+func (b *batch) append(ev *eventgraph.Event, device, txn string) {
+	b.pos++
+	pe := &pendingEvent{ev: ev, rec: storage.RoomEvent{PDU: ev.CanonicalPDU(), Pos: b.pos}}
+	if txn != "" {
+		pe.rec.Device, pe.rec.TxnID = device, txn
+		pe.txn = [3]string{ev.Sender(), device, txn}
+	}
+	if ev.IsState() {
+		k := ev.StateTuple()
+		prev, _ := b.stateID(k)
+		pe.rec.ReplacesState = prev
+		pe.delta = &storage.RoomStateDelta{Type: k.Type, StateKey: k.StateKey, Prev: prev, New: ev.EventID()}
+		b.overlay[k] = ev.EventID()
+	}
+	b.added[ev.EventID()] = ev
+	b.extrem = []string{ev.EventID()}
+	b.depth = ev.Depth()
+	b.events = append(b.events, pe)
+}
+
+// redact records that target (a stored event) is redacted by redactionID.
+func (b *batch) redact(targetID string, rec *storage.RoomEvent, redactionID string) error {
+	if rec.RedactedBy != "" {
+		return nil
+	}
+	red, err := eventgraph.Redact(rec.PDU, b.r.rv)
+	if err != nil {
+		return fmt.Errorf("room %s: redact %s: %w", b.r.roomID, targetID, err)
+	}
+	nr := *rec
+	nr.PDU, nr.RedactedBy = red, redactionID
+	b.redacted[targetID] = &nr
+	if _, ok := b.r.stateEvents[targetID]; ok {
+		ev, err := eventgraph.NewEventFromTrustedJSON(red, b.r.rv, targetID)
+		if err != nil {
+			return fmt.Errorf("room %s: parse redacted %s: %w", b.r.roomID, targetID, err)
+		}
+		b.redactedEvents[targetID] = ev
+	}
+	return nil
+}
+
+// commit persists the batch in one transaction and only then applies it to
+// memory and tells the members. Nothing changes if it fails.
+func (b *batch) commit() error {
+	r := b.r
+	meta := r.meta
+	if len(b.events) > 0 {
+		meta.Pos, meta.Depth, meta.Extremities = b.pos, b.depth, b.extrem
+		meta.Version = string(r.rv.ID)
+		if meta.CreateID == "" {
+			meta.CreateID = b.events[0].ev.EventID()
+		}
+	}
+	if b.published != nil {
+		meta.Published = *b.published
+	}
+	identity := r.env.Identity
+	err := r.env.Partition.Update(context.Background(), func(tx *bbolt.Tx) error {
+		rt := storage.Room(tx, identity)
+		for _, pe := range b.events {
+			id := pe.ev.EventID()
+			if err := rt.PutEvent(id, &pe.rec); err != nil {
+				return err
+			}
+			if err := rt.PutTimeline(pe.rec.Pos, id); err != nil {
+				return err
+			}
+			if pe.delta != nil {
+				if err := rt.PutState(pe.delta.Type, pe.delta.StateKey, id); err != nil {
+					return err
+				}
+				if err := rt.PutDelta(pe.rec.Pos, *pe.delta); err != nil {
+					return err
+				}
+			}
+			if pe.txn[2] != "" {
+				if err := rt.PutTxn(pe.txn[0], pe.txn[1], pe.txn[2], id); err != nil {
+					return err
+				}
+			}
+		}
+		for id, rec := range b.redacted {
+			if err := rt.PutEvent(id, rec); err != nil {
+				return err
+			}
+		}
+		return rt.PutMeta(meta)
+	})
+	if err != nil {
+		return fmt.Errorf("room %s: commit: %w", r.roomID, err)
+	}
+	r.apply(b, meta)
+	r.notify(b)
+	return nil
+}
+
+// apply updates memory after a successful commit.
+func (r *roomActor) apply(b *batch, meta storage.RoomMeta) {
+	r.meta = meta
+	for id, ev := range b.redactedEvents {
+		if _, ok := r.stateEvents[id]; ok {
+			r.stateEvents[id] = ev
+		}
+	}
+	for _, pe := range b.events {
+		ev := pe.ev
+		if !ev.IsState() {
+			continue
+		}
+		k := ev.StateTuple()
+		if old, ok := r.state[k]; ok {
+			delete(r.stateEvents, old)
+		}
+		r.state[k] = ev.EventID()
+		r.stateEvents[ev.EventID()] = ev
+		if k.Type == eventgraph.TypeMember {
+			mem, _ := ev.Membership()
+			r.members[k.StateKey] = memberInfo{Membership: mem, Pos: pe.rec.Pos, EventID: ev.EventID()}
+			if mem != eventgraph.MembershipJoin {
+				delete(r.typing, k.StateKey)
+			}
+		}
+		if k.Type == eventgraph.TypeCreate {
+			r.create = ev
+		}
+	}
+	if len(b.events) > 0 {
+		r.extremities = map[string]*eventgraph.Event{}
+		for _, id := range meta.Extremities {
+			if ev, ok := b.added[id]; ok {
+				r.extremities[id] = ev
+			}
+		}
+		r.exists = true
+	}
+}
+
+// notify sends RoomNotices after a commit: each membership event's local
+// target learns its new membership, then every local joined member learns
+// the new position. Published rooms refresh their directory entry when
+// something the directory shows changed.
+func (r *roomActor) notify(b *batch) {
+	if len(b.events) == 0 {
+		return
+	}
+	refresh := false
+	for _, pe := range b.events {
+		ev := pe.ev
+		if !ev.IsState() {
+			continue
+		}
+		switch ev.Type() {
+		case eventgraph.TypeMember:
+			target := *ev.StateKey()
+			mem, _ := ev.Membership()
+			if r.isLocal(target) {
+				r.env.Router.Send(&pb.RoomNotice{UserId: target, RoomId: r.roomID, Pos: pe.rec.Pos,
+					Membership: mem, EphemeralPos: r.ephPos})
+			}
+			refresh = true
+		case "m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias", eventgraph.TypeJoinRules,
+			"m.room.history_visibility", "m.room.guest_access", eventgraph.TypeCreate:
+			refresh = true
+		}
+	}
+	for user, m := range r.members {
+		if m.Membership == eventgraph.MembershipJoin && r.isLocal(user) {
+			r.env.Router.Send(&pb.RoomNotice{UserId: user, RoomId: r.roomID, Pos: r.meta.Pos, EphemeralPos: r.ephPos})
+		}
+	}
+	if refresh && r.meta.Published {
+		r.sendDirectoryRefresh()
+	}
+}
+
+func (r *roomActor) sendDirectoryRefresh() {
+	summary, err := json.Marshal(r.summary())
+	if err != nil {
+		r.env.Log.Error("room: encode summary", slog.Any("err", err))
+		return
+	}
+	r.env.Router.Send(&pb.DirectoryOp{Op: "refresh", RoomId: r.roomID, Summary: summary, Pos: r.meta.Pos})
+}
+
+// notifyEphemeral tells local joined members (or only one user, for private
+// receipts) that the ephemeral position moved.
+func (r *roomActor) notifyEphemeral(only string) {
+	for user, m := range r.members {
+		if m.Membership != eventgraph.MembershipJoin || !r.isLocal(user) || (only != "" && user != only) {
+			continue
+		}
+		r.env.Router.Send(&pb.RoomNotice{UserId: user, RoomId: r.roomID, Pos: r.meta.Pos, EphemeralPos: r.ephPos})
+	}
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/shoal-chat/shoal/gateway"
+)
+
+// Config is shoal's one configuration file. Every field can also be set by
+// a flag (--server-name) and an environment variable (SHOAL_SERVER_NAME);
+// precedence is flag > environment > file > default.
+type Config struct {
+	ServerName               string                         `yaml:"server_name"`
+	DataDir                  string                         `yaml:"data_dir"`
+	ClientListen             string                         `yaml:"client_listen"`
+	TLSListen                []string                       `yaml:"tls_listen"`
+	TLSCert                  string                         `yaml:"tls_cert"`
+	TLSKey                   string                         `yaml:"tls_key"`
+	Registration             string                         `yaml:"registration"`
+	RegistrationSharedSecret string                         `yaml:"registration_shared_secret"`
+	RegistrationTokens       []string                       `yaml:"registration_tokens"`
+	NoRateLimit              bool                           `yaml:"no_rate_limit"`
+	Partitions               uint32                         `yaml:"partitions"`
+	PublicBaseURL            string                         `yaml:"public_base_url"`
+	WellKnownServer          string                         `yaml:"well_known_server"`
+	LogLevel                 string                         `yaml:"log_level"`
+	LogFormat                string                         `yaml:"log_format"`
+	Terms                    map[string]gateway.TermsPolicy `yaml:"terms"`
+}
+
+// defaultConfig is the zero-configuration node: one node, server name
+// localhost, plain HTTP on loopback, data under ./shoal-data, registration
+// open (reachable only from this machine).
+func defaultConfig() Config {
+	return Config{
+		ServerName:   "localhost",
+		DataDir:      "./shoal-data",
+		ClientListen: "127.0.0.1:8008",
+		Registration: "open",
+		Partitions:   16,
+		LogLevel:     "info",
+		LogFormat:    "text",
+	}
+}
+
+// setting binds one field to its flag and environment variable.
+type setting struct {
+	name  string // flag name; env is SHOAL_ + upper snake case
+	usage string
+	bool  bool
+	set   func(c *Config, v string) error
+}
+
+func settings() []setting {
+	str := func(f func(c *Config) *string) func(*Config, string) error {
+		return func(c *Config, v string) error { *f(c) = v; return nil }
+	}
+	list := func(f func(c *Config) *[]string) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			*f(c) = nil
+			for _, s := range strings.Split(v, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					*f(c) = append(*f(c), s)
+				}
+			}
+			return nil
+		}
+	}
+	return []setting{
+		{name: "server-name", usage: "the server name in user and room IDs", set: str(func(c *Config) *string { return &c.ServerName })},
+		{name: "data-dir", usage: "where the node keeps its data", set: str(func(c *Config) *string { return &c.DataDir })},
+		{name: "client-listen", usage: "plain-HTTP address for the client API (empty: none)", set: str(func(c *Config) *string { return &c.ClientListen })},
+		{name: "tls-listen", usage: "HTTPS addresses for client and federation APIs, comma-separated", set: list(func(c *Config) *[]string { return &c.TLSListen })},
+		{name: "tls-cert", usage: "TLS certificate file (default: self-signed, kept in the data dir)", set: str(func(c *Config) *string { return &c.TLSCert })},
+		{name: "tls-key", usage: "TLS key file", set: str(func(c *Config) *string { return &c.TLSKey })},
+		{name: "registration", usage: "open, token or closed", set: func(c *Config, v string) error {
+			if v != "open" && v != "token" && v != "closed" {
+				return fmt.Errorf("registration must be open, token or closed, not %q", v)
+			}
+			c.Registration = v
+			return nil
+		}},
+		{name: "registration-shared-secret", usage: "secret for /_synapse/admin/v1/register (default: generated in the data dir)", set: str(func(c *Config) *string { return &c.RegistrationSharedSecret })},
+		{name: "registration-tokens", usage: "tokens accepted when registration is token, comma-separated", set: list(func(c *Config) *[]string { return &c.RegistrationTokens })},
+		{name: "no-rate-limit", usage: "switch rate limiting off", bool: true, set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			c.NoRateLimit = b
+			return err
+		}},
+		{name: "partitions", usage: "partition count, fixed when the data dir is created", set: func(c *Config, v string) error {
+			n, err := strconv.ParseUint(v, 10, 32)
+			if err != nil || n == 0 || n > 4096 {
+				return fmt.Errorf("partitions must be between 1 and 4096")
+			}
+			c.Partitions = uint32(n)
+			return nil
+		}},
+		{name: "public-base-url", usage: "client base URL advertised in /.well-known/matrix/client", set: str(func(c *Config) *string { return &c.PublicBaseURL })},
+		{name: "well-known-server", usage: "delegated federation host:port for /.well-known/matrix/server", set: str(func(c *Config) *string { return &c.WellKnownServer })},
+		{name: "log-level", usage: "debug, info, warn or error", set: str(func(c *Config) *string { return &c.LogLevel })},
+		{name: "log-format", usage: "text or json", set: str(func(c *Config) *string { return &c.LogFormat })},
+	}
+}
+
+func envName(flagName string) string {
+	return "SHOAL_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// loadConfig builds the configuration for `shoal serve args...`.
+func loadConfig(args []string, getenv func(string) string) (Config, error) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	configPath := fs.String("config", getenv("SHOAL_CONFIG"), "YAML configuration file (env SHOAL_CONFIG)")
+	values := map[string]*string{}
+	for _, s := range settings() {
+		v := new(string)
+		values[s.name] = v
+		if s.bool {
+			fs.Var(boolFlag{v}, s.name, s.usage+" (env "+envName(s.name)+")")
+		} else {
+			fs.StringVar(v, s.name, "", s.usage+" (env "+envName(s.name)+")")
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	cfg := defaultConfig()
+	if *configPath != "" {
+		data, err := os.ReadFile(*configPath)
+		if err != nil {
+			return Config{}, fmt.Errorf("read config: %w", err)
+		}
+		dec := yaml.NewDecoder(strings.NewReader(string(data)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+			return Config{}, fmt.Errorf("config %s: %w", *configPath, err)
+		}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, s := range settings() {
+		v, fromFlag := *values[s.name], set[s.name]
+		if !fromFlag {
+			env, ok := lookupEnv(getenv, envName(s.name))
+			if !ok {
+				continue
+			}
+			v = env
+		}
+		if err := s.set(&cfg, v); err != nil {
+			return Config{}, fmt.Errorf("--%s: %w", s.name, err)
+		}
+	}
+	return cfg, cfg.validate()
+}
+
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+func (c Config) validate() error {
+	if c.ServerName == "" {
+		return errors.New("server_name must be set")
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir must be set")
+	}
+	if c.ClientListen == "" && len(c.TLSListen) == 0 {
+		return errors.New("nothing to listen on: set client_listen or tls_listen")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("tls_cert and tls_key go together")
+	}
+	switch c.Registration {
+	case "open", "token", "closed":
+	default:
+		return fmt.Errorf("registration must be open, token or closed, not %q", c.Registration)
+	}
+	if c.Partitions == 0 {
+		return errors.New("partitions must be positive")
+	}
+	return nil
+}
+
+type boolFlag struct{ v *string }
+
+func (b boolFlag) String() string {
+	if b.v == nil {
+		return "false"
+	}
+	return *b.v
+}
+func (b boolFlag) Set(s string) error {
+	if _, err := strconv.ParseBool(s); err != nil {
+		return err
+	}
+	*b.v = s
+	return nil
+}
+func (b boolFlag) IsBoolFlag() bool { return true }

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	cfg, err := loadConfig(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerName != "localhost" || cfg.ClientListen != "127.0.0.1:8008" || cfg.DataDir != "./shoal-data" || cfg.Registration != "open" {
+		t.Fatalf("zero-config defaults wrong: %+v", cfg)
+	}
+}
+
+// flag > environment > file > default, for every kind of field.
+func TestConfigPrecedence(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "shoal.yaml")
+	err := os.WriteFile(file, []byte("server_name: file.example\ndata_dir: /file\nregistration: closed\ntls_listen: [\":1\", \":2\"]\npartitions: 8\n"), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"SHOAL_DATA_DIR": "/env", "SHOAL_REGISTRATION": "token", "SHOAL_NO_RATE_LIMIT": "true"}
+	getenv := func(k string) string { return env[k] }
+	cfg, err := loadConfig([]string{"--config", file, "--registration", "open", "--tls-listen", ":3"}, getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerName != "file.example" {
+		t.Errorf("server_name from file: got %q", cfg.ServerName)
+	}
+	if cfg.DataDir != "/env" {
+		t.Errorf("data_dir from env over file: got %q", cfg.DataDir)
+	}
+	if cfg.Registration != "open" {
+		t.Errorf("registration from flag over env: got %q", cfg.Registration)
+	}
+	if len(cfg.TLSListen) != 1 || cfg.TLSListen[0] != ":3" {
+		t.Errorf("tls_listen from flag: got %v", cfg.TLSListen)
+	}
+	if !cfg.NoRateLimit {
+		t.Error("no_rate_limit from env not applied")
+	}
+	if cfg.Partitions != 8 {
+		t.Errorf("partitions from file: got %d", cfg.Partitions)
+	}
+}
+
+func TestConfigRefusesBadInput(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, args := range [][]string{
+		{"--registration", "sometimes"},
+		{"--partitions", "0"},
+		{"--tls-cert", "a.pem"},
+		{"--client-listen", ""},
+		{"--bogus"},
+	} {
+		if _, err := loadConfig(args, none); err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "bad.yaml")
+	_ = os.WriteFile(file, []byte("server_nmae: typo\n"), 0o600)
+	if _, err := loadConfig([]string{"--config", file}, none); err == nil {
+		t.Error("unknown config key accepted")
+	}
+}
