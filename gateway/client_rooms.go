@@ -217,6 +217,20 @@ func (s *Server) handleCreateRoom(w http.ResponseWriter, r *http.Request, sess *
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 }
 
+// createTS is the origin_server_ts of a new room's create event: the clock,
+// but strictly increasing on this node. A version 12 room's ID is the hash
+// of its create event, so two rooms created by one user with the same
+// content in the same millisecond would otherwise get the same ID.
+func (s *Server) createTS() int64 {
+	for {
+		last := s.lastCreateTS.Load()
+		ts := max(s.cfg.Now().UnixMilli(), last+1)
+		if s.lastCreateTS.CompareAndSwap(last, ts) {
+			return ts
+		}
+	}
+}
+
 func (s *Server) createRoom(ctx context.Context, sess *Session, req *createRoomRequest) (string, error) {
 	plan, err := s.planCreateRoom(sess.UserID, req)
 	if err != nil {
@@ -225,7 +239,7 @@ func (s *Server) createRoom(ctx context.Context, sess *Session, req *createRoomR
 	msg := plan.msg
 	msg.CreatorProfile = s.memberProfile(ctx, sess.UserID)
 	if plan.rv.RoomIDFromCreateEvent {
-		pdu, evID, err := actors.BuildCreateEvent(s.server, plan.rv, "", sess.UserID, plan.createContent, s.cfg.Now().UnixMilli())
+		pdu, evID, err := actors.BuildCreateEvent(s.server, plan.rv, "", sess.UserID, plan.createContent, s.createTS())
 		if err != nil {
 			return "", err
 		}

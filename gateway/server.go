@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-chat/shoal/actors"
@@ -70,6 +71,9 @@ type Server struct {
 	uia *uiaSessions
 
 	fallbacks map[string]bool
+
+	// lastCreateTS makes create events' timestamps unique (see createTS).
+	lastCreateTS atomic.Int64
 
 	// stopCtx is cancelled when shutdown begins, so long-polls return at
 	// once instead of holding the drain up.

@@ -282,3 +282,35 @@ func TestRestartLosesNothing(t *testing.T) {
 		t.Fatalf("room name after restart: %q", name.Name)
 	}
 }
+
+// One user creating many identical rooms at once gets a distinct room each
+// (a version 12 room ID is the hash of its create event).
+func TestConcurrentIdenticalCreateRoom(t *testing.T) {
+	node := shoaltest.Start(t)
+	alice := node.Register("alice")
+	const n = 20
+	ids := make(chan id.RoomID, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			resp, err := alice.CreateRoom(bg(), &mautrix.ReqCreateRoom{})
+			if err != nil {
+				errs <- err
+				return
+			}
+			ids <- resp.RoomID
+		}()
+	}
+	seen := map[id.RoomID]bool{}
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case rid := <-ids:
+			if seen[rid] {
+				t.Fatalf("room %s handed out twice", rid)
+			}
+			seen[rid] = true
+		}
+	}
+}
