@@ -42,11 +42,12 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 
-# Regenerate the committed protobuf code. Needs protoc (Debian:
-# protobuf-compiler) and protoc-gen-go (go install
+# Regenerate the committed protobuf code (actor and cluster messages). Needs
+# protoc (Debian: protobuf-compiler) and protoc-gen-go (go install
 # google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12).
 proto:
 	cd actors/pb && PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative messages.proto
+	cd cluster/clusterpb && PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative cluster.proto
 
 clean:
 	rm -rf bin

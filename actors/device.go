@@ -35,6 +35,9 @@ type device struct {
 
 	dev     *storage.Device // nil: no such device
 	loadErr error
+	// keys is the device's encryption counters, read on first use
+	// (device_keys.go).
+	keys *deviceKeysMeta
 }
 
 // NewDevice makes the actor of a device.
@@ -67,6 +70,8 @@ func (d *device) Receive(ctx actor.Context) {
 		d.reply(ctx, d.info())
 	case *pb.DeviceUpdate:
 		d.reply(ctx, d.update(m))
+	case *pb.DeviceKeysOp:
+		d.reply(ctx, d.keysOp(m))
 	}
 }
 
@@ -219,7 +224,7 @@ func (d *device) update(m *pb.DeviceUpdate) acctResult {
 		if err := d.write(func(tx *bbolt.Tx) error { return storage.DeleteIdentity(tx, d.env.Identity) }); err != nil {
 			return acctFail(err)
 		}
-		d.dev = nil
+		d.dev, d.keys = nil, nil
 		return acctOK(&pb.Empty{})
 	default:
 		return acctFail(ErrInvalidParam("unknown device update %q", m.Kind))

@@ -15,5 +15,6 @@ func Kinds() map[string]func(env *Env) actor.Actor {
 		pb.KindDevice:    NewDevice,
 		pb.KindAlias:     NewAlias,
 		pb.KindDirectory: NewDirectory,
+		pb.KindCerts:     NewCerts,
 	}
 }

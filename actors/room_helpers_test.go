@@ -84,6 +84,7 @@ func (tn *testNode) start() {
 			pb.KindRoom:      actors.NewRoom,
 			pb.KindAlias:     actors.NewAlias,
 			pb.KindDirectory: actors.NewDirectory,
+			pb.KindCerts:     actors.NewCerts,
 			pb.KindUser:      tn.notices.producer,
 		},
 	})

@@ -60,6 +60,7 @@ const (
 //	AccountQuery account_data      the content (key = type); found = it exists
 //	AccountQuery room_account_data the content (room_id, key = type); found = it exists
 //	AccountQuery presence          {"presence","last_active_ago","status_msg"?,"currently_active"?}
+//	AccountQuery push_rules        {"global": PushRuleset}, as is account_data of type m.push_rules
 //	AccountUpdate deactivate       {"devices":[IDs removed],"rooms":[rooms joined, invited or knocked]}
 //	AccountUpdate profile          {"profile":{…},"changed":bool,"joined_rooms":[…]}
 //	AccountUpdate filter           {"filter_id":"N"}
@@ -73,6 +74,8 @@ const (
 // remove_device (key = device ID), remove_devices (value = JSON array of
 // device IDs), forget (room_id).
 //
+// PushRuleUpdate (user_pushrules.go) replies Empty.
+//
 // CheckPassword replies Empty when the password is right, 403 M_FORBIDDEN
 // when it is wrong or the account unknown, 403 M_USER_DEACTIVATED for a
 // deactivated account. Register replies Empty, or 400 M_USER_IN_USE.
@@ -84,6 +87,8 @@ type user struct {
 	loadErr error
 
 	sync userSync
+	// push is the user's push rules, read on first use (user_pushrules.go).
+	push *pushState
 }
 
 // NewUser makes the actor of a user.
@@ -116,6 +121,8 @@ func (u *user) Receive(ctx actor.Context) {
 		u.reply(ctx, u.checkPassword(m))
 	case *pb.AccountUpdate:
 		u.reply(ctx, u.update(ctx, m))
+	case *pb.PushRuleUpdate:
+		u.reply(ctx, u.updatePushRule(ctx, m))
 	case *pb.RoomNotice:
 		u.roomNotice(ctx, m)
 	case *pb.SyncPlan:
@@ -278,6 +285,9 @@ func (u *user) checkPassword(m *pb.CheckPassword) acctResult {
 func (u *user) query(m *pb.AccountQuery) acctResult {
 	if err := u.ready(); err != nil {
 		return acctFail(err)
+	}
+	if m.Kind == "push_rules" || (m.Kind == "account_data" && m.Key == PushRulesEventType) {
+		return u.queryPushRules()
 	}
 	a := u.st.Account
 	out := &pb.AccountQueryReply{Found: a != nil}
@@ -475,6 +485,9 @@ func (u *user) deactivate(ctx actor.Context) acctResult {
 		if err := ut.ClearAccountData(); err != nil {
 			return err
 		}
+		if err := ut.DeletePushRules(); err != nil {
+			return err
+		}
 		if err := ut.ClearFilters(); err != nil {
 			return err
 		}
@@ -493,6 +506,7 @@ func (u *user) deactivate(ctx actor.Context) acctResult {
 	u.st.Devices = map[string]bool{}
 	u.st.Presence = pres
 	u.st.Meta = meta
+	u.push = nil
 	u.wakeAll(ctx)
 	r, err := acctJSONReply(map[string]any{"devices": devices, "rooms": rooms})
 	if err != nil {

@@ -353,8 +353,8 @@ func (u *user) plan(base *syncBase, fullState bool) (*pb.SyncPlanReply, error) {
 	if base != nil {
 		since = base.seq
 	}
-	if u.st.Meta.Seq > since {
-		if err := u.accountDataSince(since, reply); err != nil {
+	if u.st.Meta.Seq > since || base == nil {
+		if err := u.accountDataSince(since, base == nil, reply); err != nil {
 			return nil, err
 		}
 		if p := u.st.Presence; p != nil && p.Seq > since {
@@ -369,14 +369,19 @@ func (u *user) plan(base *syncBase, fullState bool) (*pb.SyncPlanReply, error) {
 	return reply, nil
 }
 
-// accountDataSince fills the plan's account data changed after since.
-func (u *user) accountDataSince(since uint64, reply *pb.SyncPlanReply) error {
+// accountDataSince fills the plan's account data changed after since
+// (initial: every entry, and always the push rules).
+func (u *user) accountDataSince(since uint64, initial bool, reply *pb.SyncPlanReply) error {
 	var changes []storage.AccountDataChange
 	if err := u.view(func(ut storage.UserTx) error {
 		var err error
 		changes, err = ut.AccountDataSince(since, 0)
 		return err
 	}); err != nil {
+		return err
+	}
+	changes, err := u.pushRulesInSync(changes, initial)
+	if err != nil {
 		return err
 	}
 	type event struct {

@@ -2,22 +2,29 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/remote"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/shoal-chat/shoal/actors"
 	"github.com/shoal-chat/shoal/actors/pb"
+	"github.com/shoal-chat/shoal/cluster/clusterpb"
 	"github.com/shoal-chat/shoal/storage"
 )
 
@@ -26,24 +33,78 @@ type Config struct {
 	DataDir    string
 	Partitions uint32 // fixed when the cluster is created
 	Kinds      map[string]Producer
+	// Server is the identity the actors sign with. When nil, LoadServer is
+	// called to get it once the node has the cluster's shared files (a
+	// joining node receives them from the cluster first), and ServerName
+	// says which server name it will have.
 	Server     *actors.ServerIdentity
-	Log        *slog.Logger
-	Now        func() time.Time
+	LoadServer func() (*actors.ServerIdentity, error)
+	ServerName string
+	// SharedFiles name the files of DataDir that are the same on every node
+	// (the signing key, ...): the first node makes them (through
+	// LoadServer), every joining node receives them.
+	SharedFiles []string
+	Log         *slog.Logger
+	Now         func() time.Time
 	// IdleTimeout: an actor that received nothing for this long passivates.
 	IdleTimeout time.Duration
 	// RequestTimeout bounds a request whose context has no deadline.
 	RequestTimeout time.Duration
 	Storage        storage.Options
+	// Cluster makes the node a member of a multi-node cluster; nil runs a
+	// one-node cluster that holds every partition.
+	Cluster *ClusterConfig
 }
+
+// Timing of the cluster machinery.
+const (
+	// retryAfter is what a client is told to wait when a partition is
+	// unavailable.
+	retryAfter = 2 * time.Second
+	// handoffBackoff separates a failed handoff from the next attempt.
+	handoffBackoff = 5 * time.Second
+	// reconcileEvery is how often a node looks for partitions to hand over.
+	reconcileEvery = 500 * time.Millisecond
+	// rejoinEvery is how often a node contacts the members it does not see.
+	rejoinEvery = 5 * time.Second
+	// maxRouteAttempts bounds the re-routing of a request that reached a
+	// node no longer (or not yet) holding its partition.
+	maxRouteAttempts = 4
+)
 
 // Node is one member of a shoal cluster. It implements actors.Router.
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
+	id     string // node ID; "" for a one-node cluster
 	system *actor.ActorSystem
+	remote *remote.Remote
+	mem    *membership // nil for a one-node cluster
 	store  *storage.Store
 	kinds  map[string]Producer
-	hosts  []*actor.PID // by partition; nil where another node owns it
+	server *actors.ServerIdentity
+	hosts  []*actor.PID // by partition
+	states []*host      // by partition; only their published reports are read outside them
+
+	ctx    context.Context // cancelled when the node stops
+	cancel context.CancelFunc
+	// down is closed when the node's transport and actor system go down:
+	// requests still waiting then cannot get their answer any more.
+	down chan struct{}
+	wg     sync.WaitGroup
+	kick   chan struct{}
+
+	peersMu sync.Mutex
+	peers   map[string]chan struct{} // actor transport address → closed when the peer is lost
+
+	xfersMu sync.Mutex
+	xfers   map[uint32]*transfer // partitions in flight, to or from this node
+
+	leaveMu  sync.Mutex
+	leaving  bool
+	left     chan struct{}
+	stopOnce sync.Once
+	stopErr  error
 
 	metrics struct {
 		activations atomic.Int64
@@ -52,8 +113,10 @@ type Node struct {
 
 var _ actors.Router = (*Node)(nil)
 
-// Start opens the node's partitions and starts their hosts. With one node
-// every partition is local.
+// Start opens the node's partitions and starts their hosts. A one-node
+// cluster holds every partition; a clustered node joins (or founds) its
+// cluster, holds the partitions it held when it stopped, and from then on
+// gives and takes partitions as members come and go.
 func Start(cfg Config) (*Node, error) {
 	if cfg.Partitions == 0 {
 		return nil, errors.New("cluster: partition count must be positive")
@@ -70,46 +133,314 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = 30 * time.Second
 	}
+	if cfg.Server == nil && cfg.LoadServer == nil {
+		return nil, errors.New("cluster: no server identity")
+	}
 	if err := checkPartitionCount(cfg.DataDir, cfg.Partitions); err != nil {
 		return nil, err
-	}
-	ids := make([]uint32, cfg.Partitions)
-	for i := range ids {
-		ids[i] = uint32(i)
-	}
-	store, err := storage.OpenStore(cfg.DataDir, ids, cfg.Storage)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: open store: %w", err)
 	}
 	n := &Node{
 		cfg:    cfg,
 		log:    cfg.Log,
-		system: actor.NewActorSystem(actor.WithLoggerFactory(quietLogger(cfg.Log))),
-		store:  store,
 		kinds:  cfg.Kinds,
+		server: cfg.Server,
 		hosts:  make([]*actor.PID, cfg.Partitions),
+		states: make([]*host, cfg.Partitions),
+		kick:   make(chan struct{}, 1),
+		peers:  map[string]chan struct{}{},
+		xfers:  map[uint32]*transfer{},
+		left:   make(chan struct{}),
+		down:   make(chan struct{}),
 	}
-	for _, p := range ids {
-		part, ok := store.Partition(p)
-		if !ok {
-			store.Close()
-			return nil, fmt.Errorf("cluster: partition %d not opened", p)
-		}
-		h := &host{partition: p, store: part, node: n,
-			children: map[string]*actor.PID{}, names: map[string]string{}, stopping: map[string][]pendingMessage{}}
-		pid, err := n.system.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return h }), fmt.Sprintf("partition-%d", p))
-		if err != nil {
-			store.Close()
-			return nil, fmt.Errorf("cluster: start host of partition %d: %w", p, err)
-		}
-		n.hosts[p] = pid
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.system = actor.NewActorSystem(actor.WithLoggerFactory(quietLogger(cfg.Log)))
+	var err error
+	if cfg.Cluster == nil {
+		err = n.startLocal()
+	} else {
+		err = n.startClustered()
+	}
+	if err != nil {
+		_ = n.Stop(context.Background())
+		return nil, err
 	}
 	return n, nil
 }
 
+// startLocal starts a one-node cluster: every partition is here.
+func (n *Node) startLocal() error {
+	if saved, err := loadState(n.cfg.DataDir); err != nil {
+		return err
+	} else if saved != nil {
+		return fmt.Errorf("cluster: data dir %s belongs to cluster %q: start it with its cluster settings (--cluster-listen, --cluster-secret)", n.cfg.DataDir, saved.ClusterName)
+	}
+	if err := n.loadServer(); err != nil {
+		return err
+	}
+	ids := make([]uint32, n.cfg.Partitions)
+	for i := range ids {
+		ids[i] = uint32(i)
+	}
+	store, err := storage.OpenStore(n.cfg.DataDir, ids, n.cfg.Storage)
+	if err != nil {
+		return fmt.Errorf("cluster: open store: %w", err)
+	}
+	n.store = store
+	for _, p := range ids {
+		part, _ := store.Partition(p)
+		h := newHost(n, p)
+		h.store, h.epoch, h.state = part, part.Epoch(), hostServing
+		h.publish()
+		if err := n.spawnHost(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startClustered joins or founds the cluster, then starts the hosts.
+func (n *Node) startClustered() error {
+	cc := n.cfg.Cluster
+	dir := n.cfg.DataDir
+	if cc.Name == "" {
+		return errors.New("cluster: the cluster needs a name")
+	}
+	if _, err := gossipKey(cc.Secret); err != nil {
+		return err
+	}
+	id, err := loadOrCreateNodeID(dir)
+	if err != nil {
+		return err
+	}
+	n.id = id
+	n.log = n.log.With(slog.String("node", id))
+	saved, err := loadState(dir)
+	if err != nil {
+		return err
+	}
+	if saved != nil && saved.ClusterName != cc.Name {
+		return fmt.Errorf("cluster: data dir %s belongs to cluster %q, not %q", dir, saved.ClusterName, cc.Name)
+	}
+	files, err := storage.PartitionFiles(dir)
+	if err != nil {
+		return err
+	}
+	founding := saved == nil && len(cc.Join) == 0
+	joining := saved == nil && len(cc.Join) > 0
+	if joining && len(files) > 0 {
+		return fmt.Errorf("cluster: data dir %s holds partitions but belongs to no cluster: it cannot join one (start it without --join to found a cluster with its data)", dir)
+	}
+
+	rpcListen, err := rpcListenAddr(cc)
+	if err != nil {
+		return err
+	}
+	tlsConf, err := newTransportTLS(cc.Secret, id)
+	if err != nil {
+		return err
+	}
+	r, rpcAddr, err := startTransport(n.system, rpcListen, cc.Advertise, tlsConf)
+	if err != nil {
+		return err
+	}
+	n.remote = r
+	n.system.EventStream.Subscribe(func(evt any) {
+		if e, ok := evt.(*remote.EndpointTerminatedEvent); ok {
+			n.peerLost(e.Address)
+		}
+	})
+
+	mem := newMembership(*cc, dir, id, n.serverName(), n.cfg.Partitions, saved, n.log)
+	mem.changed = n.kickReconciler
+	mem.lost = n.peerLost
+	n.mem = mem
+	if err := mem.start(rpcAddr); err != nil {
+		return err
+	}
+	switch {
+	case founding:
+		mem.setClusterID(newClusterID())
+		n.log.Info("cluster: founding a new cluster", slog.String("cluster", cc.Name))
+	case joining:
+		if err := mem.join(cc.Join); err != nil {
+			return err
+		}
+		if mem.id() == "" {
+			return fmt.Errorf("cluster: join %s: no member handed over the cluster's identity", strings.Join(cc.Join, ","))
+		}
+		got := mem.receivedFiles()
+		if len(got) == 0 && len(n.cfg.SharedFiles) > 0 {
+			return fmt.Errorf("cluster: join %s: the cluster handed over none of its shared files", strings.Join(cc.Join, ","))
+		}
+		if err := writeSharedFiles(dir, got, n.cfg.SharedFiles); err != nil {
+			return err
+		}
+	default:
+		addrs := slices.Concat(cc.Join, mem.unreachable())
+		if len(addrs) > 0 {
+			if err := mem.join(addrs); err != nil {
+				if mem.refusedErr() != nil {
+					return err
+				}
+				// Everyone else may be down too: carry on with what this
+				// node holds, and keep trying (rejoinLoop).
+				n.log.Warn("cluster: no other member reachable yet", slog.Any("err", err))
+			}
+		}
+	}
+	if err := n.loadServer(); err != nil {
+		return err
+	}
+	shared, err := readSharedFiles(dir, n.cfg.SharedFiles)
+	if err != nil {
+		return err
+	}
+	mem.setShared(shared)
+
+	open := files
+	if founding {
+		open = make([]uint32, n.cfg.Partitions)
+		for i := range open {
+			open[i] = uint32(i)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "partitions", "incoming")); err != nil {
+		return fmt.Errorf("cluster: clear unfinished transfers: %w", err)
+	}
+	store, err := storage.OpenStore(dir, open, n.cfg.Storage)
+	if err != nil {
+		return fmt.Errorf("cluster: open store: %w", err)
+	}
+	n.store = store
+	for p := range n.cfg.Partitions {
+		h := newHost(n, p)
+		if part, ok := store.Partition(p); ok {
+			if err := n.adopt(h, part, founding); err != nil {
+				return err
+			}
+		}
+		if err := n.spawnHost(h); err != nil {
+			return err
+		}
+	}
+	if err := n.spawnClusterActor(); err != nil {
+		return err
+	}
+	if err := mem.save(); err != nil {
+		return err
+	}
+	n.wg.Add(2)
+	go n.reconcileLoop()
+	go n.rejoinLoop()
+	if err := mem.setReady(); err != nil {
+		n.log.Warn("cluster: announce readiness", slog.Any("err", err))
+	}
+	n.log.Info("cluster: node running", slog.String("cluster", cc.Name), slog.String("cluster_id", mem.id()),
+		slog.String("gossip", mem.selfEntry().GossipAddr), slog.String("rpc", rpcAddr), slog.Int("partitions_held", len(open)))
+	return nil
+}
+
+// adopt sets a host up for a partition file found at start.
+func (n *Node) adopt(h *host, part *storage.Partition, founding bool) error {
+	if founding && part.Epoch() == 0 {
+		// Epochs count owners from 1; 0 is a file no cluster owned.
+		if err := part.SetEpoch(1); err != nil {
+			return fmt.Errorf("cluster: partition %d: %w", part.ID(), err)
+		}
+	}
+	note, sealed, err := part.Sealed()
+	if err != nil {
+		return fmt.Errorf("cluster: partition %d: %w", part.ID(), err)
+	}
+	h.store = part
+	if sealed {
+		to := sealTarget(note)
+		if to != n.id {
+			// Stopped while handing it over: find out whether it arrived.
+			h.state, h.sealEpoch, h.target = hostSealed, part.Epoch(), to
+			h.publish()
+			return nil
+		}
+		// It was arriving here and was installed; only the unseal was
+		// missing.
+		if err := part.Unseal(); err != nil {
+			return fmt.Errorf("cluster: partition %d: %w", part.ID(), err)
+		}
+	}
+	h.epoch, h.state = part.Epoch(), hostServing
+	h.publish()
+	return nil
+}
+
+func (n *Node) spawnHost(h *host) error {
+	pid, err := n.system.Root.SpawnNamed(actor.PropsFromProducer(func() actor.Actor { return h }), hostName(h.partition))
+	if err != nil {
+		return fmt.Errorf("cluster: start host of partition %d: %w", h.partition, err)
+	}
+	n.hosts[h.partition] = pid
+	n.states[h.partition] = h
+	return nil
+}
+
+func (n *Node) loadServer() error {
+	if n.server != nil {
+		return nil
+	}
+	s, err := n.cfg.LoadServer()
+	if err != nil {
+		return err
+	}
+	n.server = s
+	return nil
+}
+
+func (n *Node) serverName() string {
+	if n.cfg.Server != nil {
+		return n.cfg.Server.ServerName
+	}
+	return n.cfg.ServerName
+}
+
+func rpcListenAddr(cc *ClusterConfig) (string, error) {
+	if cc.RPCListen != "" {
+		return cc.RPCListen, nil
+	}
+	host, port, err := splitHostPort(cc.Listen)
+	if err != nil {
+		return "", fmt.Errorf("cluster: cluster listen address %q: %w", cc.Listen, err)
+	}
+	if port == 0 {
+		return net.JoinHostPort(host, "0"), nil
+	}
+	if port == 65535 {
+		return "", fmt.Errorf("cluster: cannot derive the actor transport port from %q: set it", cc.Listen)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port+1)), nil
+}
+
+func newClusterID() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
 // Stop stops every actor (each finishes the message it is handling) and
-// closes the partitions.
+// closes the partitions. A clustered node tells the others it is going, so
+// that its partitions answer 503 at once until it is back; it stays a member
+// and keeps its partitions (Leave gives them away).
 func (n *Node) Stop(ctx context.Context) error {
+	n.stopOnce.Do(func() { n.stopErr = n.stop(ctx) })
+	return n.stopErr
+}
+
+func (n *Node) stop(ctx context.Context) error {
+	n.cancel()
+	if n.mem != nil {
+		if err := n.mem.save(); err != nil {
+			n.log.Warn("cluster: save roster", slog.Any("err", err))
+		}
+		n.mem.stop(true)
+	}
 	var futures []*actor.Future
 	for _, pid := range n.hosts {
 		if pid != nil {
@@ -121,8 +452,19 @@ func (n *Node) Stop(ctx context.Context) error {
 			n.log.Warn("cluster: host did not stop in time", slog.Any("err", err))
 		}
 	}
+	n.wg.Wait()
+	close(n.down)
+	if n.remote != nil {
+		// Not the graceful shutdown: it stops the endpoint manager under
+		// goroutines still using it. The process or test is done with the
+		// transport; closing the listener is what matters.
+		n.remote.Shutdown(false)
+	}
 	n.system.Shutdown()
-	return n.store.Close()
+	if n.store != nil {
+		return n.store.Close()
+	}
+	return nil
 }
 
 // ActiveActors is the number of activations on this node.
@@ -134,50 +476,114 @@ func (n *Node) PartitionCount() uint32 { return n.cfg.Partitions }
 // Store is the node's set of partition files (for operations and tests).
 func (n *Node) Store() *storage.Store { return n.store }
 
-func (n *Node) hostFor(identity string) (*actor.PID, error) {
-	p := storage.PartitionOf(identity, n.cfg.Partitions)
-	pid := n.hosts[p]
-	if pid == nil {
-		return nil, &actors.MatrixError{Status: http.StatusServiceUnavailable, ErrCode: "M_UNAVAILABLE",
-			Message: "partition not available", Extra: map[string]any{"retry_after_ms": 1000}}
+// Server is the identity the node's actors sign with.
+func (n *Node) Server() *actors.ServerIdentity { return n.server }
+
+// ID is the node's ID; "" for a one-node cluster.
+func (n *Node) ID() string { return n.id }
+
+// Left is closed once the node has left the cluster (Leave).
+func (n *Node) Left() <-chan struct{} { return n.left }
+
+// --- routing ---
+
+var errPeerLost = errors.New("cluster: connection to the node lost")
+
+// route returns where to send a message for partition p, and a channel
+// closed if the connection to that node is lost. Holding the partition
+// decides: a node that holds it serves it (or holds the request while it
+// moves). Otherwise the message goes to the owner placement names.
+func (n *Node) route(p uint32) (*actor.PID, <-chan struct{}, error) {
+	if n.mem == nil {
+		return n.hosts[p], nil, nil
 	}
-	return pid, nil
+	if r := n.states[p].report.Load(); r.state.holds() {
+		return n.hosts[p], nil, nil
+	}
+	v := n.mem.view.Load()
+	owner := v.owners[p]
+	switch {
+	case owner == "":
+		return nil, nil, unavailableErr("no cluster member owns this partition")
+	case owner == v.self:
+		return n.hosts[p], nil, nil
+	case !v.alive[owner]:
+		return nil, nil, unavailableErr(fmt.Sprintf("the node holding partition %d is unreachable", p))
+	}
+	addr := v.members[owner].RpcAddr
+	return actor.NewPID(addr, hostName(p)), n.peerDone(addr), nil
+}
+
+func unavailableErr(msg string) *actors.MatrixError {
+	return &actors.MatrixError{Status: http.StatusServiceUnavailable, ErrCode: "M_UNAVAILABLE",
+		Message: msg, Extra: map[string]any{"retry_after_ms": int(retryAfter / time.Millisecond)}}
 }
 
 // Request implements actors.Router.
 func (n *Node) Request(ctx context.Context, msg pb.Targeted) (proto.Message, error) {
-	pid, err := n.hostFor(msg.ActorIdentity())
-	if err != nil {
-		return nil, err
-	}
-	timeout := n.cfg.RequestTimeout
+	p := storage.PartitionOf(msg.ActorIdentity(), n.cfg.Partitions)
+	deadline := time.Now().Add(n.cfg.RequestTimeout)
 	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
+		deadline = dl
+	}
+	for attempt := 1; ; attempt++ {
+		timeout := time.Until(deadline)
 		if timeout <= 0 {
 			return nil, context.DeadlineExceeded
 		}
-	}
-	f := n.system.Root.RequestFuture(pid, msg, timeout)
-	res, err := resultOf(ctx, f)
-	if err != nil {
-		if errors.Is(err, actor.ErrTimeout) {
-			return nil, actors.Errorf(http.StatusGatewayTimeout, "M_UNKNOWN", "request to %s timed out", msg.ActorIdentity())
+		pid, lost, err := n.route(p)
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
-	}
-	switch r := res.(type) {
-	case *pb.Error:
-		return nil, actors.FromPB(r)
-	case proto.Message:
-		return r, nil
-	default:
-		return nil, fmt.Errorf("cluster: %s replied with %T", msg.ActorIdentity(), res)
+		f := n.system.Root.RequestFuture(pid, msg, timeout)
+		res, err := n.resultOf(ctx, f, lost)
+		var retry bool
+		switch {
+		case errors.Is(err, actor.ErrTimeout):
+			return nil, actors.Errorf(http.StatusGatewayTimeout, "M_UNKNOWN", "request to %s timed out", msg.ActorIdentity())
+		case errors.Is(err, actor.ErrDeadLetter):
+			// Nobody there to take it (the node is starting or stopping):
+			// it was not delivered, so it may go again.
+			retry, err = true, unavailableErr("partition not served")
+		case errors.Is(err, errPeerLost):
+			// It may have been handled: only the client may repeat it.
+			return nil, unavailableErr(fmt.Sprintf("the node holding partition %d went away", p))
+		case errors.Is(err, errNodeDown):
+			return nil, unavailableErr("this node is stopping")
+		case err != nil:
+			return nil, err
+		}
+		if u, ok := res.(*clusterpb.Unavailable); ok {
+			retry, err = u.Retry, unavailableErr(u.Reason)
+		}
+		if err != nil {
+			if !retry || attempt >= maxRouteAttempts {
+				return nil, err
+			}
+			select {
+			case <-time.After(time.Duration(attempt) * 50 * time.Millisecond):
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-n.ctx.Done():
+				return nil, err
+			}
+		}
+		switch r := res.(type) {
+		case *pb.Error:
+			return nil, actors.FromPB(r)
+		case proto.Message:
+			return r, nil
+		default:
+			return nil, fmt.Errorf("cluster: %s replied with %T", msg.ActorIdentity(), res)
+		}
 	}
 }
 
 // Send implements actors.Router.
 func (n *Node) Send(msg pb.Targeted) {
-	pid, err := n.hostFor(msg.ActorIdentity())
+	p := storage.PartitionOf(msg.ActorIdentity(), n.cfg.Partitions)
+	pid, _, err := n.route(p)
 	if err != nil {
 		n.log.Warn("cluster: dropping message for unavailable partition", slog.String("to", msg.ActorIdentity()))
 		return
@@ -185,8 +591,17 @@ func (n *Node) Send(msg pb.Targeted) {
 	n.system.Root.Send(pid, msg)
 }
 
-func resultOf(ctx context.Context, f *actor.Future) (any, error) {
-	if ctx.Done() == nil {
+var errNodeDown = errors.New("cluster: node stopped")
+
+// resultOf waits for f, for ctx, for the connection to the node answering
+// (lost) and for this node's transport.
+func (n *Node) resultOf(ctx context.Context, f *actor.Future, lost <-chan struct{}) (any, error) {
+	v, err := resultOf(ctx, f, lost, n.down)
+	return v, err
+}
+
+func resultOf(ctx context.Context, f *actor.Future, lost, down <-chan struct{}) (any, error) {
+	if ctx.Done() == nil && lost == nil && down == nil {
 		return f.Result()
 	}
 	type result struct {
@@ -203,12 +618,214 @@ func resultOf(ctx context.Context, f *actor.Future) (any, error) {
 		return r.v, r.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-lost:
+		return nil, errPeerLost
+	case <-down:
+		return nil, errNodeDown
 	}
 }
 
 func waitFuture(ctx context.Context, f *actor.Future) error {
-	_, err := resultOf(ctx, f)
+	_, err := resultOf(ctx, f, nil, nil)
 	return err
+}
+
+// peerDone returns a channel closed when the connection to addr is lost.
+func (n *Node) peerDone(addr string) <-chan struct{} {
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	ch, ok := n.peers[addr]
+	if !ok {
+		ch = make(chan struct{})
+		n.peers[addr] = ch
+	}
+	return ch
+}
+
+// peerLost fails the requests waiting on addr: its transport connection
+// broke or membership declared the node gone.
+func (n *Node) peerLost(addr string) {
+	n.peersMu.Lock()
+	ch, ok := n.peers[addr]
+	delete(n.peers, addr)
+	n.peersMu.Unlock()
+	if ok {
+		close(ch)
+	}
+}
+
+// expects reports whether partition p belongs on this node.
+func (n *Node) expects(p uint32) bool {
+	if n.mem == nil {
+		return true
+	}
+	return n.mem.view.Load().owners[p] == n.id
+}
+
+// handoffTarget returns the member partition p should move to now, or nil.
+func (n *Node) handoffTarget(p uint32) *clusterpb.Member {
+	if n.mem == nil {
+		return nil
+	}
+	return n.mem.view.Load().handoffTarget(p)
+}
+
+func (n *Node) rpcAddrOf(nodeID string) string {
+	if n.mem == nil {
+		return ""
+	}
+	if m := n.mem.view.Load().members[nodeID]; m != nil {
+		return m.RpcAddr
+	}
+	return ""
+}
+
+func (n *Node) holdFor() time.Duration {
+	if n.cfg.Cluster != nil && n.cfg.Cluster.HoldFor > 0 {
+		return n.cfg.Cluster.HoldFor
+	}
+	return 10 * time.Second
+}
+
+// --- rebalancing ---
+
+func (n *Node) kickReconciler() {
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reconcileLoop hands partitions held here to their owners, a few at a
+// time, and completes a leave once nothing is held.
+func (n *Node) reconcileLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(reconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.kick:
+		case <-t.C:
+		}
+		n.reconcile()
+		if err := n.mem.save(); err != nil {
+			n.log.Warn("cluster: save roster", slog.Any("err", err))
+		}
+	}
+}
+
+func (n *Node) reconcile() {
+	v := n.mem.view.Load()
+	maxMoves := n.cfg.Cluster.MaxHandoffs
+	if maxMoves <= 0 {
+		maxMoves = 2
+	}
+	moving := 0
+	var candidates []uint32
+	for p, h := range n.states {
+		switch h.report.Load().state {
+		case hostDraining, hostSending, hostSealed:
+			moving++
+		case hostServing:
+			if v.handoffTarget(uint32(p)) != nil {
+				candidates = append(candidates, uint32(p))
+			}
+		}
+	}
+	for _, p := range candidates {
+		if moving >= maxMoves {
+			break
+		}
+		n.system.Root.Send(n.hosts[p], &startHandoff{to: v.handoffTarget(p)})
+		moving++
+	}
+}
+
+// rejoinLoop keeps contacting members that memberlist does not see: after
+// a partition of the network, or when this node restarted while the others
+// were down.
+func (n *Node) rejoinLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(rejoinEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if addrs := n.mem.unreachable(); len(addrs) > 0 {
+			if err := n.mem.join(addrs); err != nil {
+				n.log.Debug("cluster: rejoin", slog.Any("err", err))
+			}
+		}
+	}
+}
+
+// holdsAny reports whether a partition is held, or arriving, here.
+func (n *Node) holdsAny() bool {
+	for _, h := range n.states {
+		if s := h.report.Load().state; s.holds() || s == hostReceiving {
+			return true
+		}
+	}
+	return false
+}
+
+// Leave hands every partition this node holds to the other members and
+// leaves the cluster for good (its data dir then holds no partition). It
+// returns once done, or with ctx's error, in which case the node stays a
+// member and gets its share back. Left is closed once it has left.
+func (n *Node) Leave(ctx context.Context) error {
+	if n.mem == nil {
+		return errors.New("cluster: a one-node server has no cluster to leave")
+	}
+	n.leaveMu.Lock()
+	if n.leaving {
+		n.leaveMu.Unlock()
+		return errors.New("cluster: already leaving")
+	}
+	v := n.mem.view.Load()
+	others := 0
+	for id, m := range v.members {
+		if id != n.id && m.Status == clusterpb.MemberStatus_MEMBER {
+			others++
+		}
+	}
+	if others == 0 {
+		n.leaveMu.Unlock()
+		return errors.New("cluster: the last member cannot leave: its partitions would have nowhere to go")
+	}
+	n.leaving = true
+	n.leaveMu.Unlock()
+	n.log.Info("cluster: leaving; handing over every partition")
+	if err := n.mem.setStatus(clusterpb.MemberStatus_LEAVING); err != nil {
+		return err
+	}
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for n.holdsAny() {
+		select {
+		case <-ctx.Done():
+			n.leaveMu.Lock()
+			n.leaving = false
+			n.leaveMu.Unlock()
+			if err := n.mem.setStatus(clusterpb.MemberStatus_MEMBER); err != nil {
+				n.log.Warn("cluster: rejoin after a failed leave", slog.Any("err", err))
+			}
+			return fmt.Errorf("cluster: leave: %w", ctx.Err())
+		case <-t.C:
+			n.kickReconciler()
+		}
+	}
+	if err := n.mem.setStatus(clusterpb.MemberStatus_LEFT); err != nil {
+		return err
+	}
+	n.log.Info("cluster: left the cluster")
+	close(n.left)
+	return nil
 }
 
 // checkPartitionCount records the partition count in a new data dir and

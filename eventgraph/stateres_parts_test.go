@@ -9,7 +9,7 @@ import (
 
 // Tests of the pieces of the v2 algorithm on hand-made graphs.
 
-func TestSplitStates(t *testing.T) {
+func TestStateRes_SplitStates(t *testing.T) {
 	a, b, c, d := StateKey{Type: "a"}, StateKey{Type: "b"}, StateKey{Type: "c"}, StateKey{Type: "d"}
 	s1 := StateMap{a: "$a", b: "$b1", c: "$c"}
 	s2 := StateMap{a: "$a", b: "$b2", c: "$c", d: "$d"}
@@ -48,10 +48,23 @@ func srFullSet(t *testing.T, rv *RoomVersion, lookup EventLookup, states ...Stat
 	return srNames(res, full, false)
 }
 
-// TestAuthDifference uses the graphs of two scenario tests; see
-// TestResolveState_DemotedUserKicks and TestResolveState_BanVersusJoin for
-// the derivations.
-func TestAuthDifference(t *testing.T) {
+// TestStateRes_AuthDifference: the full conflicted set of v2 is the conflicted state
+// set plus the auth difference.
+//
+// "kick" and "ban" are the graphs of TestResolveState_DemotedUserKicks and
+// TestResolveState_BanVersusJoin: there the only events in some states'
+// auth chains but not all are unconflicted state (IMB, IJR), which the
+// difference leaves out.
+//
+// "displayname": bob changes his display name twice on one fork (D1, then
+// D2 citing D1) and once on the other (E1). D1 is in no state and only in
+// fork one's auth chain: it is in the difference. Bob's join IMB is in both
+// chains and so is not.
+//
+// "cited": as "displayname", but fork two's topic T also cites D1, so D1
+// is in every state's chain (through unconflicted T) and not in the
+// difference.
+func TestStateRes_AuthDifference(t *testing.T) {
 	t.Run("kick", func(t *testing.T) {
 		r, f := newSRRoom(t, MustRoomVersion("10"), "$create")
 		f.base(map[string]int{srBob: 50})
@@ -61,8 +74,7 @@ func TestAuthDifference(t *testing.T) {
 		demote.powerLevels("$PA", srAlice, map[string]int{srAlice: 100, srBob: 0}, nil)
 		kick.member("$KICK", srBob, srZara, MembershipLeave)
 		got := srFullSet(t, r.rv, r.lookup, demote.state, kick.state)
-		want := []string{"$IMB", "$IMZ", "$IPOWER", "$KICK", "$PA"}
-		if !reflect.DeepEqual(got, want) {
+		if want := []string{"$IMZ", "$IPOWER", "$KICK", "$PA"}; !reflect.DeepEqual(got, want) {
 			t.Errorf("full conflicted set = %v, want %v", got, want)
 		}
 	})
@@ -73,13 +85,39 @@ func TestAuthDifference(t *testing.T) {
 		banFork.member("$BAN", srAlice, srEve, MembershipBan)
 		joinFork.join("$JOIN", srEve)
 		got := srFullSet(t, r.rv, r.lookup, banFork.state, joinFork.state)
-		if want := []string{"$BAN", "$IJR", "$JOIN"}; !reflect.DeepEqual(got, want) {
+		if want := []string{"$BAN", "$JOIN"}; !reflect.DeepEqual(got, want) {
 			t.Errorf("full conflicted set = %v, want %v", got, want)
 		}
 	})
+	for _, cited := range []bool{false, true} {
+		t.Run(fmt.Sprintf("displayname/cited=%v", cited), func(t *testing.T) {
+			r, f := newSRRoom(t, MustRoomVersion("10"), "$create")
+			f.base(nil)
+			f.join("$IMB", srBob)
+			one, two := f.clone(), f.clone()
+			name := func(fk *srFork, id, name string) {
+				fk.send(srSpec{id: id, typ: TypeMember, sk: srSK(srBob), sender: srBob, content: map[string]any{"membership": MembershipJoin, "displayname": name}})
+			}
+			name(one, "$D1", "one")
+			name(one, "$D2", "two")
+			name(two, "$E1", "other")
+			if cited {
+				two.send(srSpec{id: "$T", typ: "m.room.topic", sk: srSK(""), sender: srAlice, auth: []string{"$create", "$IPOWER", "$IMA", "$D1"}, unchecked: true})
+				one.state[srTopicKey] = "$T"
+			}
+			got := srFullSet(t, r.rv, r.lookup, one.state, two.state)
+			want := []string{"$D1", "$D2", "$E1"}
+			if cited {
+				want = []string{"$D2", "$E1"}
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("full conflicted set = %v, want %v", got, want)
+			}
+		})
+	}
 }
 
-// TestConflictedSubgraph: conflicted events A, B and C (three values of one
+// TestStateRes_ConflictedSubgraph: conflicted events A, B and C (three values of one
 // key) over the auth graph
 //
 //	A → x → y → B → w → C → q
@@ -90,7 +128,7 @@ func TestAuthDifference(t *testing.T) {
 // The subgraph is every event on a path between two conflicted events: x, y
 // and w. z, v and q lead to no conflicted event. Nothing is in the auth
 // difference (each chain from the states' other key reaches everything).
-func TestConflictedSubgraph(t *testing.T) {
+func TestStateRes_ConflictedSubgraph(t *testing.T) {
 	r, f := newSRRoom(t, srWithAlgo("10", StateResV21), "$create")
 	f.base(nil)
 	top := func(id string, auth ...string) {
@@ -121,9 +159,9 @@ func TestConflictedSubgraph(t *testing.T) {
 	}
 }
 
-// TestConflictedSubgraphCycle: a cycle through conflicted events (possible
+// TestStateRes_ConflictedSubgraphCycle: a cycle through conflicted events (possible
 // with v1–v2 event IDs) must end the walk.
-func TestConflictedSubgraphCycle(t *testing.T) {
+func TestStateRes_ConflictedSubgraphCycle(t *testing.T) {
 	r, f := newSRRoom(t, srWithAlgo("2", StateResV21), "$create")
 	f.base(nil)
 	top := func(id string, auth ...string) {
@@ -139,7 +177,7 @@ func TestConflictedSubgraphCycle(t *testing.T) {
 	}
 }
 
-// TestReverseTopologicalPowerOrder: events with no auth links between them
+// TestStateRes_ReverseTopologicalPowerOrder: events with no auth links between them
 // sort by their senders' power (alice 100; bob and charlie 50; zara 0),
 // then timestamp, then event ID; k6 (alice's) cites k5 and must follow it:
 //
@@ -147,7 +185,7 @@ func TestConflictedSubgraphCycle(t *testing.T) {
 //	k5 zara ts 1, k6 alice ts 5 citing k5
 //
 // gives k1, k4, k2, k3, k5, k6.
-func TestReverseTopologicalPowerOrder(t *testing.T) {
+func TestStateRes_ReverseTopologicalPowerOrder(t *testing.T) {
 	for _, id := range []RoomVersionID{"10", "12"} {
 		t.Run(string(id), func(t *testing.T) {
 			r, f := newSRRoom(t, MustRoomVersion(id), "$create")
@@ -188,7 +226,7 @@ func TestReverseTopologicalPowerOrder(t *testing.T) {
 	}
 }
 
-// TestMainlineOrder: power levels P0 ← P1 ← P2 (each citing the one
+// TestStateRes_MainlineOrder: power levels P0 ← P1 ← P2 (each citing the one
 // before) and Q citing P0 off the mainline. Based on P2 the mainline is
 // [P2, P1, P0]; the positions are
 //
@@ -197,7 +235,7 @@ func TestReverseTopologicalPowerOrder(t *testing.T) {
 //
 // and the order, larger position first, then timestamp, is
 // ed, ec, ee, eb, P2, ea.
-func TestMainlineOrder(t *testing.T) {
+func TestStateRes_MainlineOrder(t *testing.T) {
 	r, f := newSRRoom(t, MustRoomVersion("10"), "$create")
 	f.join("$IMA", srAlice)
 	pl := func(id string, ts int64, auth ...string) {
@@ -244,8 +282,8 @@ func TestMainlineOrder(t *testing.T) {
 	}
 }
 
-// TestPowerEvents checks which events count as power events.
-func TestPowerEvents(t *testing.T) {
+// TestStateRes_PowerEvents checks which events count as power events.
+func TestStateRes_PowerEvents(t *testing.T) {
 	r, f := newSRRoom(t, MustRoomVersion("10"), "$create")
 	f.base(map[string]int{srBob: 50})
 	f.join("$IMB", srBob)

@@ -142,11 +142,11 @@ func TestResolveState_SpecSoftFailExample(t *testing.T) {
 // the public room on another, with eve's join either older or newer.
 //
 // v2/v2.1: conflicted set {BAN, JOIN}. The join rules event is in JOIN's
-// auth chain but not BAN's, and no unconflicted event cites it, so it is in
-// the auth difference. Power events: BAN and the join rules, both by alice,
-// replayed by timestamp and both allowed. JOIN comes in the mainline pass
-// and is refused, eve being banned. The timestamps do not matter: the ban is
-// a power event and always goes first.
+// auth chain but not BAN's; it is unconflicted state, so it is not in the
+// auth difference (see authDifference), which is empty. BAN, the only power
+// event, is replayed first and allowed; JOIN comes in the mainline pass and
+// is refused, eve being banned. The timestamps do not matter: the ban is a
+// power event and always goes first.
 //
 // v1: eve's key conflicts; both candidates have depth 5, so sha1(event_id)
 // picks which goes in unchecked. If BAN is first, JOIN is refused (eve
@@ -177,13 +177,15 @@ func TestResolveState_BanVersusJoin(t *testing.T) {
 // alice demotes bob to 0 on another.
 //
 // v2/v2.1: conflicted {PA, IPOWER} (power levels) and {IMZ, KICK} (zara).
-// The auth difference is {IMB}: bob's join is in KICK's chain only and no
-// unconflicted event cites it. Power events PA, IPOWER and KICK, plus IMB
-// and IMZ from KICK's auth chain, in reverse topological power order:
-// IPOWER (everyone's ancestor), then PA (alice 100), IMB (bob 50), IMZ
-// (zara 0), and KICK once its auth events are out. Replaying: IPOWER, PA
-// allowed; the joins allowed; KICK refused since under PA bob has 0 < the
-// kick level 50. Result: PA and zara still joined.
+// The auth difference is empty: bob's join IMB is in KICK's chain only, but
+// it is unconflicted state. Power events PA, IPOWER and KICK, plus IMZ from
+// KICK's auth chain, in reverse topological power order: IPOWER (everyone's
+// ancestor), then PA (alice 100) and IMZ (zara 0), then KICK once its auth
+// events are out. Replaying: IPOWER, PA and IMZ allowed; KICK refused since
+// under PA bob has 0 < the kick level 50. Result: PA and zara still joined.
+// In v2.1 the conflicted state subgraph adds IJR and IMB (KICK → IMB → IJR →
+// IPOWER): the replay is IPOWER, IJR, PA, IMB, IMZ, KICK, to the same end.
+// The kick is older than the demotion; that does not matter.
 //
 // v1: the power levels pass takes IPOWER (depth 3) then allows PA; the
 // membership pass takes IMZ (depth 6) then refuses KICK for the same reason.
@@ -195,7 +197,6 @@ func TestResolveState_DemotedUserKicks(t *testing.T) {
 			f.join("$IMB", srBob)
 			f.join("$IMZ", srZara)
 			demote, kick := f.clone(), f.clone()
-			// The kick is older than the demotion; in v2 that does not matter.
 			demote.send(srSpec{id: "$PA", typ: TypePowerLevels, sk: srSK(""), sender: srAlice, content: srPLContent(r.rv, map[string]int{srAlice: 100, srBob: 0}, nil), ts: 6000})
 			kick.send(srSpec{id: "$KICK", typ: TypeMember, sk: srSK(srZara), sender: srBob, content: map[string]any{"membership": MembershipLeave}, ts: 5000})
 
@@ -404,8 +405,10 @@ func TestResolveStateV21_EmptyStartStopsReset(t *testing.T) {
 // (bob 50 under P2, P3's own auth event); against IPOWER bob has 0, and P3
 // is refused: the reset sticks.
 //
-// v2.1: {P3, P2, IPOWER}, in auth order IPOWER, P2, P3: each is allowed (P3
-// against P2) and P3 wins.
+// v2.1: the subgraph also holds bob's join IMB and the join rules IJR
+// (P3 → IMB → IJR → IPOWER). The power events and IMB replay as IPOWER,
+// IJR (alice, older than P2), P2, IMB (bob 0 under IPOWER, its own auth
+// event), P3; each is allowed (P3 against P2) and P3 wins.
 func TestResolveStateV21_ConflictedSubgraph(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -152,11 +152,23 @@ func (r *resolver) fullConflictedSet(states []StateMap, unconflicted StateMap, c
 }
 
 // authDifference returns the events outside the conflicted state set that
-// are in the auth chains of some but not all states. Unconflicted events are
-// in every state, so their auth chain U is in every state's chain; the full
-// chain of state i is U ∪ Dᵢ, where Dᵢ is the auth chain of the conflicted
-// events of state i, and the difference is (∪Dᵢ − ∩Dᵢ) − U. This walks the
-// (small) Dᵢ always and the (large) U only when the first part is not empty.
+// are in the full auth chains of some but not all states.
+//
+// A state's full auth chain is taken to include the state's own events
+// (everything reachable from the state). Read literally, the spec's wording
+// (the union of the auth chains of the state's events) leaves them out; the
+// two readings differ only on unconflicted events that the conflicted events
+// of some states cite and those of others do not. Those are state every
+// fork agrees on: putting them in the full conflicted set would replay them
+// for nothing in v2 and, in v2.1, carry them into the partial state that
+// MSC4297 deliberately starts empty. So unconflicted events are never in the
+// difference.
+//
+// Unconflicted events are in every state, so their auth chain U is in every
+// state's chain; the chain of state i is then U ∪ Dᵢ, where Dᵢ is the auth
+// chain of the conflicted events of state i, and the difference is
+// (∪Dᵢ − ∩Dᵢ) − U. This walks the (small) Dᵢ always and the (large) U only
+// when the first part is not empty, stopping once it is accounted for.
 func (r *resolver) authDifference(states []StateMap, conflictedKeys []StateKey, unconflicted StateMap) ([]int32, error) {
 	var starts []int32
 	for _, s := range states {
@@ -177,9 +189,13 @@ func (r *resolver) authDifference(states []StateMap, conflictedKeys []StateKey, 
 	var cand []int32
 	for i := range r.nodes {
 		nd := &r.nodes[i]
-		if nd.ev != nil && nd.chains > 0 && nd.chains < n && nd.flags&srConflicted == 0 {
-			cand = append(cand, int32(i))
+		if nd.ev == nil || nd.chains == 0 || nd.chains == n || nd.flags&srConflicted != 0 {
+			continue
 		}
+		if nd.ev.IsState() && unconflicted[nd.ev.StateTuple()] == nd.id {
+			continue // an unconflicted event: in every state
+		}
+		cand = append(cand, int32(i))
 	}
 	if len(cand) == 0 {
 		return nil, nil

@@ -97,15 +97,20 @@ func (s *Server) authenticate(r *http.Request) (*Session, error) {
 	return &Session{UserID: userID, DeviceID: deviceID, Token: tok}, nil
 }
 
-// authed wraps a handler that needs an authenticated user.
+// authed wraps a handler that needs an authenticated user. Once the user
+// is known the request counts against the user's concurrency limit rather
+// than its address's, and routes the spec rate-limits take a token from the
+// user's bucket.
 func (s *Server) authed(h func(w http.ResponseWriter, r *http.Request, sess *Session)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		sess, err := s.authenticate(r)
-		if err != nil {
-			writeError(w, r, err)
-			return
+		if err == nil {
+			err = s.moveSlotToUser(r, sess.UserID)
 		}
-		if err := s.limiter.allow(sess.UserID); err != nil {
+		if err == nil {
+			err = s.limitUser(r, sess.UserID)
+		}
+		if err != nil {
 			writeError(w, r, err)
 			return
 		}

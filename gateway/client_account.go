@@ -84,11 +84,6 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-// limitIP applies the per-address rate limit of unauthenticated endpoints.
-func (s *Server) limitIP(r *http.Request) error {
-	return s.limiter.allow("ip:" + clientIP(r))
-}
-
 func (s *Server) isLocalUser(userID string) bool {
 	_, domain, ok := strings.Cut(userID, ":")
 	return ok && domain == s.server.ServerName
@@ -429,10 +424,6 @@ func (s *Server) validRegistrationToken(tok string) bool {
 }
 
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	kind := r.URL.Query().Get("kind")
 	if kind == "" {
 		kind = "user"
@@ -598,10 +589,6 @@ func (s *Server) registerGuest(w http.ResponseWriter, r *http.Request, req regis
 }
 
 func (s *Server) handleRegisterAvailable(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	if !s.registrationOpen() {
 		writeError(w, r, actors.ErrForbidden("registration is disabled"))
 		return
@@ -629,10 +616,6 @@ func (s *Server) handleRegisterAvailable(w http.ResponseWriter, r *http.Request)
 }
 
 func (s *Server) handleRegistrationTokenValidity(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	if s.cfg.Registration != "token" {
 		writeError(w, r, actors.ErrForbidden("registration is not token-based"))
 		return
@@ -648,10 +631,6 @@ func (s *Server) handleRegistrationTokenValidity(w http.ResponseWriter, r *http.
 // ---- login and logout ----
 
 func (s *Server) handleLoginFlows(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	writeJSON(w, http.StatusOK, map[string]any{"flows": []map[string]string{{"type": "m.login.password"}}})
 }
 
@@ -668,10 +647,6 @@ type loginRequest struct {
 }
 
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	var req loginRequest
 	if err := decodeJSON(r, &req); err != nil {
 		writeError(w, r, err)
@@ -1079,10 +1054,6 @@ func (s *Server) handleDeleteDevices(w http.ResponseWriter, r *http.Request, ses
 // ---- Synapse's shared-secret registration (/_synapse/admin/v1/register) ----
 
 func (s *Server) handleSharedSecretNonce(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	if s.cfg.RegistrationSharedSecret == "" {
 		writeError(w, r, errStatus(http.StatusBadRequest, "M_UNKNOWN", "shared secret registration is not enabled"))
 		return
@@ -1094,10 +1065,6 @@ func (s *Server) handleSharedSecretNonce(w http.ResponseWriter, r *http.Request)
 }
 
 func (s *Server) handleSharedSecretRegister(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	if s.cfg.RegistrationSharedSecret == "" {
 		writeError(w, r, errStatus(http.StatusBadRequest, "M_UNKNOWN", "shared secret registration is not enabled"))
 		return

@@ -40,10 +40,6 @@ func (s *Server) handleGetAlias(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	rep, err := roomRequest[*pb.AliasReply](r.Context(), s, &pb.AliasOp{Alias: alias, Op: "get"})
 	if err != nil {
 		writeError(w, r, err)
@@ -190,10 +186,6 @@ func (s *Server) handleGetDirectoryVisibility(w http.ResponseWriter, r *http.Req
 		writeError(w, r, err)
 		return
 	}
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	rep, err := roomRequest[*pb.RoomPublishReply](r.Context(), s, &pb.RoomPublish{RoomId: roomID})
 	if err != nil {
 		writeError(w, r, err)
@@ -246,10 +238,6 @@ func (s *Server) setDirectoryVisibility(ctx context.Context, roomID, userID, vis
 }
 
 func (s *Server) handleGetPublicRooms(w http.ResponseWriter, r *http.Request) {
-	if err := s.limitIP(r); err != nil {
-		writeError(w, r, err)
-		return
-	}
 	q := r.URL.Query()
 	if err := s.checkDirectoryServer(q.Get("server")); err != nil {
 		writeError(w, r, err)

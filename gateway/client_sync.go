@@ -207,6 +207,10 @@ type roomResult struct {
 func (s *Server) sync(ctx context.Context, sess *Session, since string, timeout time.Duration,
 	fullState bool, filter *syncFilter, timelineFilter []byte) (*syncResponse, error) {
 	deadline := time.Now().Add(timeout)
+	if timeout > 0 {
+		s.metrics.longPolls.Inc()
+		defer s.metrics.longPolls.Dec()
+	}
 	// Shutdown ends the wait: answer what we have rather than hold it up.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

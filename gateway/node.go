@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -27,12 +28,27 @@ type NodeConfig struct {
 	Partitions uint32
 	// ClientListen serves the client API over plain HTTP ("" for none).
 	ClientListen string
-	// TLSListen serves client and federation APIs over HTTPS.
+	// TLSListen serves client and federation APIs over HTTPS (HTTP/1.1 and
+	// HTTP/2 on TCP) and HTTP/3 (QUIC, on the same port over UDP).
 	TLSListen []string
-	TLSCert   string
-	TLSKey    string
+	// FederationListen serves only the federation API, like TLSListen.
+	FederationListen []string
+	// TLSCert and TLSKey are the operator's certificate; without them (and
+	// without ACME) a self-signed one is made in the data dir.
+	TLSCert string
+	TLSKey  string
+	// ACME obtains and renews certificates for ACME.Domains; names it does
+	// not manage get the operator's or the self-signed certificate.
+	ACME ACMEConfig
+	// AdminListen serves Prometheus metrics (/metrics) and pprof
+	// (/debug/pprof/) — keep it on loopback ("" for none).
+	AdminListen string
 	// Kinds are the actor kinds; nil means all of shoal's.
-	Kinds   map[string]cluster.Producer
+	Kinds map[string]cluster.Producer
+	// Shared, when set, runs this node's gateway on another node's actors
+	// instead of starting its own: a second gateway of one cluster (until
+	// clustering lands, the stand-in for a second node, for tests).
+	Shared  *cluster.Node
 	Storage storage.Options
 	Log     *slog.Logger
 }
@@ -41,12 +57,18 @@ type NodeConfig struct {
 type Node struct {
 	Cluster *cluster.Node
 	Gateway *Server
-	// ClientAddr and TLSAddrs are the bound addresses (useful with port 0).
-	ClientAddr string
-	TLSAddrs   []string
+	// The bound addresses (useful with port 0); HTTP/3 listens on the
+	// same ports as TLSAddrs and FederationAddrs.
+	ClientAddr      string
+	TLSAddrs        []string
+	FederationAddrs []string
+	AdminAddr       string
 
 	log   *slog.Logger
 	errCh chan error
+	certs *certManager
+	// ownsCluster is false for a gateway on a Shared cluster node.
+	ownsCluster bool
 }
 
 // StartNode opens the data directory, starts the node's actors and its
@@ -74,19 +96,30 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	if kinds == nil {
 		kinds = actors.Kinds()
 	}
-	cn, err := cluster.Start(cluster.Config{
-		DataDir:    cfg.DataDir,
-		Partitions: cfg.Partitions,
-		Kinds:      kinds,
-		Server:     ident,
-		Log:        cfg.Log,
-		Storage:    cfg.Storage,
-	})
-	if err != nil {
-		return nil, err
+	m := newMetrics()
+	storageOpts := cfg.Storage
+	if prev := storageOpts.OnCommit; prev != nil {
+		storageOpts.OnCommit = func(st storage.CommitStats) { m.observeCommit(st); prev(st) }
+	} else {
+		storageOpts.OnCommit = m.observeCommit
 	}
-	n := &Node{Cluster: cn, log: cfg.Log, errCh: make(chan error, 1+len(cfg.TLSListen))}
-	n.Gateway = New(cfg.Gateway, cn, ident)
+	cn := cfg.Shared
+	if cn == nil {
+		cn, err = cluster.Start(cluster.Config{
+			DataDir:    cfg.DataDir,
+			Partitions: cfg.Partitions,
+			Kinds:      kinds,
+			Server:     ident,
+			Log:        cfg.Log,
+			Storage:    storageOpts,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	m.gaugeFunc("shoal_actors_active", "Actor activations on this node.", func() float64 { return float64(cn.ActiveActors()) })
+	n := &Node{Cluster: cn, log: cfg.Log, errCh: make(chan error, 1), ownsCluster: cfg.Shared == nil}
+	n.Gateway = newServer(cfg.Gateway, cn, ident, m)
 	fail := func(err error) (*Node, error) {
 		_ = n.Stop(context.Background())
 		return nil, err
@@ -99,21 +132,93 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		n.ClientAddr = ln.Addr().String()
 		go func() { n.report(n.Gateway.ServePlain(ln)) }()
 	}
-	if len(cfg.TLSListen) > 0 {
-		tlsConf, err := TLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, cfg.Gateway.ServerName)
+	if err := n.startTLS(cfg, cn); err != nil {
+		return fail(err)
+	}
+	if cfg.AdminListen != "" {
+		ln, err := net.Listen("tcp", cfg.AdminListen)
 		if err != nil {
-			return fail(err)
+			return fail(fmt.Errorf("gateway: listen %s (admin): %w", cfg.AdminListen, err))
 		}
-		for _, addr := range cfg.TLSListen {
-			ln, err := net.Listen("tcp", addr)
-			if err != nil {
-				return fail(fmt.Errorf("gateway: listen %s: %w", addr, err))
-			}
-			n.TLSAddrs = append(n.TLSAddrs, ln.Addr().String())
-			go func() { n.report(n.Gateway.ServeTLS(ln, tlsConf)) }()
-		}
+		n.AdminAddr = ln.Addr().String()
+		go func() { n.report(n.Gateway.ServeAdmin(ln)) }()
 	}
 	return n, nil
+}
+
+// startTLS binds every HTTPS address over TCP and UDP, then serves HTTPS
+// and HTTP/3 on them with the operator's, the self-signed or (with ACME)
+// certmagic's certificates. ACME starts last: its challenges are answered
+// by these listeners.
+func (n *Node) startTLS(cfg NodeConfig, cn *cluster.Node) error {
+	type pair struct {
+		tcp net.Listener
+		udp net.PacketConn
+		fed bool
+	}
+	var pairs []pair
+	bind := func(addrs []string, fed bool, bound *[]string) error {
+		for _, addr := range addrs {
+			ln, pc, err := listenTLSPair(addr)
+			if err != nil {
+				return err
+			}
+			pairs = append(pairs, pair{ln, pc, fed})
+			*bound = append(*bound, ln.Addr().String())
+		}
+		return nil
+	}
+	err := bind(cfg.TLSListen, false, &n.TLSAddrs)
+	if err == nil {
+		err = bind(cfg.FederationListen, true, &n.FederationAddrs)
+	}
+	if err == nil && len(pairs) == 0 && len(cfg.ACME.Domains) > 0 {
+		err = errors.New("gateway: ACME needs a TLS listener to answer its challenges on")
+	}
+	if err != nil || len(pairs) == 0 {
+		for _, p := range pairs {
+			p.tcp.Close()
+			p.udp.Close()
+		}
+		return err
+	}
+	var tlsConf *tls.Config
+	if len(cfg.ACME.Domains) > 0 {
+		fallback, err := loadCertificate(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, cfg.Gateway.ServerName)
+		if err == nil {
+			// The CA reaches port 443: a listener on 443 if there is one,
+			// else the first, to which 443 must be forwarded.
+			challenge := pairs[0].tcp.Addr().String()
+			for _, p := range pairs {
+				if portOf(p.tcp.Addr().String()) == 443 {
+					challenge = p.tcp.Addr().String()
+					break
+				}
+			}
+			n.certs, err = newCertManager(cfg.ACME, cn, challenge, &fallback, n.log)
+		}
+		if err == nil {
+			tlsConf = n.certs.tlsConfig()
+		}
+	} else {
+		tlsConf, err = TLSConfig(cfg.TLSCert, cfg.TLSKey, cfg.DataDir, cfg.Gateway.ServerName)
+	}
+	if err != nil {
+		for _, p := range pairs {
+			p.tcp.Close()
+			p.udp.Close()
+		}
+		return err
+	}
+	for _, p := range pairs {
+		opts := TLSOptions{AltSvc: AltSvcFor(portOf(p.tcp.Addr().String())), FederationOnly: p.fed}
+		go func() { n.report(n.Gateway.ServeTLS(p.tcp, tlsConf, opts)) }()
+		go func() { n.report(n.Gateway.ServeQUIC(p.udp, tlsConf, p.fed)) }()
+	}
+	if n.certs != nil {
+		return n.certs.start(cfg.ACME.Domains)
+	}
+	return nil
 }
 
 func (n *Node) report(err error) {
@@ -137,7 +242,10 @@ func (n *Node) Stop(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if n.Cluster != nil {
+	if n.certs != nil {
+		n.certs.stop()
+	}
+	if n.Cluster != nil && n.ownsCluster {
 		if err := n.Cluster.Stop(ctx); err != nil {
 			errs = append(errs, err)
 		}

@@ -104,7 +104,7 @@ func TestCORSAndDiscovery(t *testing.T) {
 	}
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "*" ||
-		resp.Header.Get("Access-Control-Allow-Methods") != "GET, POST, PUT, DELETE, OPTIONS" {
+		resp.Header.Get("Access-Control-Allow-Methods") != "GET, HEAD, POST, PUT, DELETE, OPTIONS" {
 		t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
 	}
 	resp, err = http.Get(node.BaseURL + "/_matrix/client/versions")

@@ -78,6 +78,9 @@ var (
 // readBody reads a request body of at most limit bytes.
 func readBody(r *http.Request, limit int64) ([]byte, error) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+		return nil, errTooLarge // over the listener's limit (Config.MaxBodyBytes)
+	}
 	if err != nil {
 		return nil, errStatus(http.StatusBadRequest, "M_BAD_JSON", "could not read request body")
 	}

@@ -34,8 +34,20 @@ type Config struct {
 	PublicBaseURL string
 	// WellKnownServer is advertised in /.well-known/matrix/server (delegation).
 	WellKnownServer string
-	// RateLimit enables per-user and per-IP rate limits.
-	RateLimit bool
+	// RateLimit enables per-user and per-IP rate limits on the routes of
+	// rateLimitedRoutes: RateLimitPerSecond tokens a second, bursts of up to
+	// RateLimitBurst (zero: DefaultRateLimitPerSecond, DefaultRateLimitBurst).
+	RateLimit          bool
+	RateLimitPerSecond float64
+	RateLimitBurst     int
+	// MaxConcurrent bounds the requests in flight per client: per IP
+	// address until authenticated, then per user (zero: DefaultMaxConcurrent).
+	MaxConcurrent int
+	// Listener limits (zero: the Default* constants of listen.go).
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+	MaxBodyBytes      int64
 	// PasswordHashCost is the bcrypt cost of new password hashes (zero:
 	// actors.DefaultPasswordCost). Only tests lower it: under the race
 	// detector one default-cost hash takes about a second here.
@@ -65,6 +77,8 @@ type Server struct {
 	mux     *http.ServeMux
 	handler http.Handler
 	limiter *rateLimiter
+	conc    *concurrency
+	metrics *metrics
 
 	// uia holds user-interactive auth sessions (short-lived, node-local:
 	// a client completes a UIA flow against the node it started it on).
@@ -82,19 +96,25 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners []*http.Server
+	quic      []*quicListener
 }
 
 // New builds the gateway for router and the server identity.
 func New(cfg Config, router actors.Router, server *actors.ServerIdentity) *Server {
+	return newServer(cfg, router, server, newMetrics())
+}
+
+func newServer(cfg Config, router actors.Router, server *actors.ServerIdentity, m *metrics) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	cfg.applyListenerDefaults()
 	s := &Server{cfg: cfg, router: router, server: server, log: cfg.Log, mux: http.NewServeMux(),
-		uia: newUIASessions(cfg.Now)}
-	s.limiter = newRateLimiter(cfg.RateLimit, cfg.Now)
+		uia: newUIASessions(cfg.Now), metrics: m, conc: newConcurrency(cfg.MaxConcurrent)}
+	s.limiter = newRateLimiter(cfg.RateLimit, cfg.RateLimitPerSecond, cfg.RateLimitBurst, cfg.Now)
 	s.stopCtx, s.stopAll = context.WithCancel(context.Background())
 	s.routes()
 	s.handler = s.middleware(s.mux)
@@ -105,8 +125,13 @@ func New(cfg Config, router actors.Router, server *actors.ServerIdentity) *Serve
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // handle registers h for "METHOD /path" and makes other methods on the same
-// path answer 405 M_UNRECOGNIZED, as the spec asks.
+// path answer 405 M_UNRECOGNIZED, as the spec asks. Routes of
+// rateLimitedRoutes get their rate limit here (per IP) or in authed()
+// (per user).
 func (s *Server) handle(pattern string, h http.HandlerFunc) {
+	if rateLimitedRoutes[pattern] == byIP {
+		h = s.rateLimitIP(h)
+	}
 	s.mux.HandleFunc(pattern, h)
 	if _, path, ok := strings.Cut(pattern, " "); ok {
 		s.methodFallback(path)
@@ -136,14 +161,19 @@ func (s *Server) routes() {
 	s.registerRooms()
 	s.registerSync()
 	s.registerUserData()
+	s.registerPushRules()
 	s.registerDirectory()
 }
 
-// middleware wraps every request: panic recovery, CORS, access log.
+// middleware wraps every request: panic recovery, CORS, body and
+// concurrency limits, metrics and the access log.
 func (s *Server) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		st := &reqState{}
+		r = r.WithContext(context.WithValue(r.Context(), reqStateKey{}, st))
+		s.metrics.inFlight.Inc()
 		defer func() {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
@@ -154,17 +184,35 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 					writeError(rec, r, actors.ErrUnknown("internal error"))
 				}
 			}
-			s.log.Debug("request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
-				slog.Int("status", rec.status), slog.Duration("took", time.Since(start)))
+			if st.release != nil {
+				st.release()
+			}
+			s.metrics.inFlight.Dec()
+			s.logRequest(r, rec, st, time.Since(start))
 		}()
+		// CORS on every response, preflight included (client-server API,
+		// "Web Browser Clients"): the spec's methods plus HEAD, which every
+		// GET route answers (MSC4138: list the methods served).
 		h := w.Header()
 		h.Set("Access-Control-Allow-Origin", "*")
-		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Methods", corsMethods)
 		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization")
 		if r.Method == http.MethodOptions {
 			rec.WriteHeader(http.StatusOK)
 			return
 		}
+		if r.ContentLength > s.cfg.MaxBodyBytes {
+			writeError(rec, r, errTooLarge)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+		release, ok := s.conc.acquire("ip:" + clientIP(r))
+		if !ok {
+			s.metrics.limited.WithLabelValues("concurrency").Inc()
+			writeError(rec, r, errLimited(1000))
+			return
+		}
+		st.release = release
 		next.ServeHTTP(rec, r)
 	})
 }
@@ -173,6 +221,7 @@ type statusRecorder struct {
 	http.ResponseWriter
 	status int
 	wrote  bool
+	bytes  int64
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -182,7 +231,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	s.wrote = true
-	return s.ResponseWriter.Write(b)
+	n, err := s.ResponseWriter.Write(b)
+	s.bytes += int64(n)
+	return n, err
 }
 
 // Unwrap lets http.ResponseController reach the real writer (flushing, deadlines).
@@ -193,10 +244,10 @@ func (s *Server) newHTTPServer(tlsConf *tls.Config) *http.Server {
 	return &http.Server{
 		Handler:           s.handler,
 		TLSConfig:         tlsConf,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		ReadTimeout:       60 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
+		IdleTimeout:       s.cfg.IdleTimeout,
+		MaxHeaderBytes:    s.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 }
@@ -212,8 +263,14 @@ func (s *Server) ServePlain(ln net.Listener) error {
 }
 
 // ServeTLS serves HTTPS (HTTP/1.1 and HTTP/2) on ln until Shutdown.
-func (s *Server) ServeTLS(ln net.Listener, tlsConf *tls.Config) error {
-	hs := s.newHTTPServer(tlsConf)
+func (s *Server) ServeTLS(ln net.Listener, tlsConf *tls.Config, opts TLSOptions) error {
+	// A copy: net/http adds its protocols to the config it is given, and
+	// listeners share one.
+	hs := s.newHTTPServer(tlsConf.Clone())
+	hs.Handler = s.handlerFor(opts.FederationOnly)
+	if opts.AltSvc != "" {
+		hs.Handler = withAltSvc(hs.Handler, opts.AltSvc)
+	}
 	s.track(hs)
 	if err := hs.Serve(tls.NewListener(ln, hs.TLSConfig)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("gateway: serve TLS %s: %w", ln.Addr(), err)
@@ -221,25 +278,39 @@ func (s *Server) ServeTLS(ln net.Listener, tlsConf *tls.Config) error {
 	return nil
 }
 
+// track records hs for Shutdown; once Shutdown began it closes hs instead,
+// so a listener started late cannot outlive the node.
 func (s *Server) track(hs *http.Server) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stopCtx.Err() != nil {
+		_ = hs.Close()
+		return
+	}
 	s.listeners = append(s.listeners, hs)
 }
 
 // Shutdown stops accepting requests and waits (bounded by ctx) for those
-// in flight, long-polls included.
+// in flight, long-polls included, on every listener at once.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAll()
 	s.mu.Lock()
 	ls := append([]*http.Server(nil), s.listeners...)
+	qs := append([]*quicListener(nil), s.quic...)
 	s.mu.Unlock()
-	var errs []error
-	for _, hs := range ls {
-		if err := hs.Shutdown(ctx); err != nil {
-			errs = append(errs, err)
-			_ = hs.Close()
-		}
+	errs := make([]error, len(ls)+len(qs))
+	var wg sync.WaitGroup
+	for i, hs := range ls {
+		wg.Go(func() {
+			if err := hs.Shutdown(ctx); err != nil {
+				errs[i] = err
+				_ = hs.Close()
+			}
+		})
 	}
+	for i, q := range qs {
+		wg.Go(func() { errs[len(ls)+i] = q.shutdown(ctx) })
+	}
+	wg.Wait()
 	return errors.Join(errs...)
 }

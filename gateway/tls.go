@@ -21,19 +21,9 @@ import (
 // given — a self-signed certificate for serverName kept in dir, created on
 // first use, so a hobbyist's node serves HTTPS with no configuration.
 func TLSConfig(certFile, keyFile, dir, serverName string) (*tls.Config, error) {
-	if certFile == "" && keyFile == "" {
-		certFile, keyFile = filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-		if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
-			if err := writeSelfSigned(certFile, keyFile, serverName); err != nil {
-				return nil, err
-			}
-		}
-	} else if certFile == "" || keyFile == "" {
-		return nil, errors.New("gateway: --tls-cert and --tls-key go together")
-	}
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	cert, err := loadCertificate(certFile, keyFile, dir, serverName)
 	if err != nil {
-		return nil, fmt.Errorf("gateway: load TLS certificate: %w", err)
+		return nil, err
 	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
@@ -41,6 +31,28 @@ func TLSConfig(certFile, keyFile, dir, serverName string) (*tls.Config, error) {
 		MinVersion: tls.VersionTLS12,
 		NextProtos: []string{"h2", "http/1.1"},
 	}, nil
+}
+
+// SelfSignedCertFile is where the self-signed certificate lives in the data
+// dir (clients that are to trust it read it there).
+func SelfSignedCertFile(dir string) string { return filepath.Join(dir, "tls.crt") }
+
+func loadCertificate(certFile, keyFile, dir, serverName string) (tls.Certificate, error) {
+	if certFile == "" && keyFile == "" {
+		certFile, keyFile = SelfSignedCertFile(dir), filepath.Join(dir, "tls.key")
+		if _, err := os.Stat(certFile); errors.Is(err, os.ErrNotExist) {
+			if err := writeSelfSigned(certFile, keyFile, serverName); err != nil {
+				return tls.Certificate{}, err
+			}
+		}
+	} else if certFile == "" || keyFile == "" {
+		return tls.Certificate{}, errors.New("gateway: --tls-cert and --tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("gateway: load TLS certificate: %w", err)
+	}
+	return cert, nil
 }
 
 func writeSelfSigned(certFile, keyFile, serverName string) error {

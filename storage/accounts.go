@@ -14,7 +14,8 @@ import (
 // under the top-level bucket of its identity, one sub-bucket per kind:
 //
 //	account    "account" → Account, "profile" → profile object, "presence"
-//	           → Presence, "meta" → UserMeta (counters)
+//	           → Presence, "meta" → UserMeta (counters), "pushrules" → the
+//	           user's push rule settings (JSON the user actor defines)
 //	acctdata   room 0x00 type → AccountDataEntry ("" room: global data)
 //	acctseq    sequence (u64) → room 0x00 type of the entry written at it
 //	filters    filter ID (u64) → filter JSON
@@ -42,11 +43,12 @@ const (
 )
 
 var (
-	accountKey  = []byte("account")
-	profileKey  = []byte("profile")
-	presenceKey = []byte("presence")
-	userMetaKey = []byte("meta")
-	deviceKey   = []byte("device")
+	accountKey   = []byte("account")
+	profileKey   = []byte("profile")
+	presenceKey  = []byte("presence")
+	userMetaKey  = []byte("meta")
+	pushRulesKey = []byte("pushrules")
+	deviceKey    = []byte("device")
 )
 
 // Account is a local user's account record.
@@ -296,6 +298,43 @@ func (u UserTx) PutPresence(p *Presence) error { return u.putJSON(accountStore, 
 
 // PutMeta writes the counters.
 func (u UserTx) PutMeta(m UserMeta) error { return u.putJSON(accountStore, userMetaKey, m) }
+
+// PushRules returns the user's push rule settings as last written, or nil.
+// Their shape is the user actor's; the store keeps them as bytes.
+func (u UserTx) PushRules() (json.RawMessage, error) {
+	b, err := u.bucket(accountStore, false)
+	if err != nil || b == nil {
+		return nil, err
+	}
+	return bytes.Clone(b.Get(pushRulesKey)), nil
+}
+
+// PutPushRules writes the user's push rule settings.
+func (u UserTx) PutPushRules(raw json.RawMessage) error {
+	if !json.Valid(raw) {
+		return fmt.Errorf("storage: user %s: push rules are not valid JSON", u.identity)
+	}
+	b, err := u.bucket(accountStore, true)
+	if err != nil {
+		return err
+	}
+	if err := b.Put(pushRulesKey, raw); err != nil {
+		return fmt.Errorf("storage: user %s: put push rules: %w", u.identity, err)
+	}
+	return nil
+}
+
+// DeletePushRules removes the user's push rule settings.
+func (u UserTx) DeletePushRules() error {
+	b, err := u.bucket(accountStore, false)
+	if err != nil || b == nil {
+		return err
+	}
+	if err := b.Delete(pushRulesKey); err != nil {
+		return fmt.Errorf("storage: user %s: delete push rules: %w", u.identity, err)
+	}
+	return nil
+}
 
 func accountDataKey(room, typ string) []byte {
 	k := make([]byte, 0, len(room)+1+len(typ))

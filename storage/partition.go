@@ -38,6 +38,9 @@ var (
 	// ErrPartitionMismatch is returned when a file records another partition
 	// number than the one it is opened or restored as.
 	ErrPartitionMismatch = errors.New("storage: file belongs to another partition")
+	// ErrSealed is returned by Update and UpdateAt on a sealed partition
+	// (see Seal): it is being handed to another node and takes no writes.
+	ErrSealed = errors.New("storage: partition sealed")
 )
 
 // Options tune a Partition. The zero value is the production setting.
@@ -114,8 +117,18 @@ func (e *PanicError) Unwrap() error {
 // each caller. There is no artificial delay: while one batch's fsync runs,
 // the next batch accumulates, so batches grow with the load by themselves.
 //
-// A Partition is safe for concurrent use.
+// A Partition is safe for concurrent use. At returns another handle on the
+// same file whose every Update is fenced by an epoch.
 type Partition struct {
+	*partition
+	// fence is the epoch every Update of this handle is fenced with, when
+	// fenced is set (see At).
+	fence  uint64
+	fenced bool
+}
+
+// partition is the state the handles of one open file share.
+type partition struct {
 	id   uint32
 	path string
 	db   *bbolt.DB
@@ -124,6 +137,9 @@ type Partition struct {
 	// epoch caches the stored epoch; it only grows. The authoritative check
 	// is made inside the transaction.
 	epoch atomic.Uint64
+	// sealed caches whether the file is sealed; the authoritative check is
+	// made inside the transaction.
+	sealed atomic.Bool
 
 	mu     sync.Mutex
 	queue  []*request
@@ -145,8 +161,11 @@ type request struct {
 	fn     func(*bbolt.Tx) error
 	fenced bool
 	epoch  uint64
-	state  atomic.Int32
-	done   chan error // capacity 1
+	// meta marks the partition's own metadata updates (SetEpoch, Seal,
+	// Unseal), which a seal does not block.
+	meta  bool
+	state atomic.Int32
+	done  chan error // capacity 1
 }
 
 // errFnFailed aborts the transaction of a batch in which a function failed.
@@ -157,6 +176,7 @@ var (
 	metaBucket   = []byte{reservedPrefix, 'm', 'e', 't', 'a'}
 	keyEpoch     = []byte("epoch")
 	keyPartition = []byte("partition")
+	keySealed    = []byte("sealed")
 )
 
 // Open opens (creating it if absent) the bbolt file at path as partition id.
@@ -187,40 +207,41 @@ func Open(path string, id uint32, opts Options) (*Partition, error) {
 			return nil, fmt.Errorf("storage: partition %d: open %s: %w", id, path, err)
 		}
 	}
-	epoch, err := initMeta(db, id)
+	epoch, sealed, err := initMeta(db, id)
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("storage: partition %d: open %s: %w", id, path, err)
 	}
-	p := &Partition{
+	p := &Partition{partition: &partition{
 		id:      id,
 		path:    path,
 		db:      db,
 		opts:    opts,
 		wake:    make(chan struct{}, 1),
 		stopped: make(chan struct{}),
-	}
+	}}
 	p.epoch.Store(epoch)
+	p.sealed.Store(sealed)
 	go p.commitLoop()
 	return p, nil
 }
 
 // initMeta checks (or, in a new file, records) the partition number and
-// returns the stored epoch.
-func initMeta(db *bbolt.DB, id uint32) (uint64, error) {
-	var epoch uint64
+// returns the stored epoch and whether the file is sealed.
+func initMeta(db *bbolt.DB, id uint32) (epoch uint64, sealed bool, err error) {
 	recorded := false
-	err := db.View(func(tx *bbolt.Tx) error {
+	err = db.View(func(tx *bbolt.Tx) error {
 		var err error
 		recorded, err = checkPartitionID(tx, int64(id))
 		if err != nil {
 			return err
 		}
+		_, sealed = sealNote(tx)
 		epoch, err = storedEpoch(tx)
 		return err
 	})
 	if err != nil || recorded {
-		return epoch, err
+		return epoch, sealed, err
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(metaBucket)
@@ -229,7 +250,7 @@ func initMeta(db *bbolt.DB, id uint32) (uint64, error) {
 		}
 		return b.Put(keyPartition, U64Key(uint64(id)))
 	})
-	return epoch, err
+	return epoch, sealed, err
 }
 
 // checkPartitionID reports whether tx's file records a partition number and,
@@ -269,6 +290,19 @@ func storedEpoch(tx *bbolt.Tx) (uint64, error) {
 	return e, nil
 }
 
+// sealNote returns the note of a sealed file.
+func sealNote(tx *bbolt.Tx) ([]byte, bool) {
+	b := tx.Bucket(metaBucket)
+	if b == nil {
+		return nil, false
+	}
+	v := b.Get(keySealed)
+	if v == nil {
+		return nil, false
+	}
+	return slices.Clone(v), true
+}
+
 // ID returns the partition number.
 func (p *Partition) ID() uint32 { return p.id }
 
@@ -290,9 +324,26 @@ func (p *Partition) Path() string { return p.path }
 // The error fn returns is returned unchanged to its caller; a panic in fn is
 // recovered and returned as a *PanicError. ctx is honoured while the update
 // waits in the queue (Update then returns ctx's error and fn never runs), not
-// once its batch has started. After Close, Update returns ErrClosed.
+// once its batch has started. After Close, Update returns ErrClosed; on a
+// sealed partition it returns ErrSealed, writing nothing. On a handle from At,
+// Update is UpdateAt with that handle's epoch.
 func (p *Partition) Update(ctx context.Context, fn func(tx *bbolt.Tx) error) error {
+	if p.fenced {
+		return p.UpdateAt(ctx, p.fence, fn)
+	}
+	if p.sealed.Load() {
+		return p.sealedErr()
+	}
 	return p.submit(ctx, &request{fn: fn})
+}
+
+// At returns a handle on the same partition whose Update is
+// UpdateAt(epoch): the node that owns the partition under epoch gives its
+// actors this handle, so that once the partition has moved on (its epoch
+// raised by SetEpoch or Seal) nothing they write can land. Closing either
+// handle closes the partition.
+func (p *Partition) At(epoch uint64) *Partition {
+	return &Partition{partition: p.partition, fence: epoch, fenced: true}
 }
 
 // UpdateAt is Update fenced by epoch: it refuses with ErrStaleEpoch, writing
@@ -304,28 +355,17 @@ func (p *Partition) UpdateAt(ctx context.Context, epoch uint64, fn func(tx *bbol
 	if cur := p.epoch.Load(); epoch < cur {
 		return p.staleErr(epoch, cur)
 	}
+	if p.sealed.Load() {
+		return p.sealedErr()
+	}
 	return p.submit(ctx, &request{fn: fn, fenced: true, epoch: epoch})
 }
 
 // SetEpoch durably raises the partition's epoch to epoch. Setting the current
 // epoch again is a no-op; lowering it is refused with ErrStaleEpoch.
 func (p *Partition) SetEpoch(epoch uint64) error {
-	err := p.submit(context.Background(), &request{fn: func(tx *bbolt.Tx) error {
-		cur, err := storedEpoch(tx)
-		if err != nil {
-			return err
-		}
-		if epoch < cur {
-			return p.staleErr(epoch, cur)
-		}
-		if epoch == cur {
-			return nil
-		}
-		b, err := tx.CreateBucketIfNotExists(metaBucket)
-		if err != nil {
-			return err
-		}
-		return b.Put(keyEpoch, U64Key(epoch))
+	err := p.submit(context.Background(), &request{meta: true, fn: func(tx *bbolt.Tx) error {
+		return p.raiseEpoch(tx, epoch)
 	}})
 	if err != nil {
 		if errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrClosed) {
@@ -333,12 +373,108 @@ func (p *Partition) SetEpoch(epoch uint64) error {
 		}
 		return fmt.Errorf("storage: partition %d: set epoch %d: %w", p.id, epoch, err)
 	}
+	p.cacheEpoch(epoch)
+	return nil
+}
+
+// raiseEpoch stores epoch unless it is older than the stored one.
+func (p *Partition) raiseEpoch(tx *bbolt.Tx, epoch uint64) error {
+	cur, err := storedEpoch(tx)
+	if err != nil {
+		return err
+	}
+	if epoch < cur {
+		return p.staleErr(epoch, cur)
+	}
+	if epoch == cur {
+		return nil
+	}
+	b, err := tx.CreateBucketIfNotExists(metaBucket)
+	if err != nil {
+		return err
+	}
+	return b.Put(keyEpoch, U64Key(epoch))
+}
+
+func (p *Partition) cacheEpoch(epoch uint64) {
 	for {
 		cur := p.epoch.Load()
 		if cur >= epoch || p.epoch.CompareAndSwap(cur, epoch) {
-			return nil
+			return
 		}
 	}
+}
+
+// Seal durably raises the partition's epoch to epoch (refusing with
+// ErrStaleEpoch an older one, as SetEpoch does) and seals it with note: from
+// then on every Update and UpdateAt fails with ErrSealed, writing nothing,
+// until Unseal. Updates already queued when Seal is called are committed or
+// refused before the seal, in queue order.
+//
+// A node seals a partition before it snapshots it for another node, so that
+// the copy it sends is the last version written here. The seal and its note
+// are part of the file: they survive a restart, travel in the snapshot, and
+// say on both ends where the partition was going (the note is the caller's).
+// Sealing a sealed partition replaces its note.
+func (p *Partition) Seal(epoch uint64, note []byte) error {
+	note = slices.Clone(note)
+	if note == nil {
+		note = []byte{}
+	}
+	err := p.submit(context.Background(), &request{meta: true, fn: func(tx *bbolt.Tx) error {
+		if err := p.raiseEpoch(tx, epoch); err != nil {
+			return err
+		}
+		b, err := tx.CreateBucketIfNotExists(metaBucket)
+		if err != nil {
+			return err
+		}
+		return b.Put(keySealed, note)
+	}})
+	if err != nil {
+		if errors.Is(err, ErrStaleEpoch) || errors.Is(err, ErrClosed) {
+			return err
+		}
+		return fmt.Errorf("storage: partition %d: seal at epoch %d: %w", p.id, epoch, err)
+	}
+	p.cacheEpoch(epoch)
+	p.sealed.Store(true)
+	return nil
+}
+
+// Unseal lifts the seal: the node that received a sealed partition, or the
+// node that sealed it and learnt that it never arrived, takes writes on it
+// again. Unsealing a partition that is not sealed is a no-op.
+func (p *Partition) Unseal() error {
+	err := p.submit(context.Background(), &request{meta: true, fn: func(tx *bbolt.Tx) error {
+		b := tx.Bucket(metaBucket)
+		if b == nil {
+			return nil
+		}
+		return b.Delete(keySealed)
+	}})
+	if err != nil {
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		return fmt.Errorf("storage: partition %d: unseal: %w", p.id, err)
+	}
+	p.sealed.Store(false)
+	return nil
+}
+
+// Sealed reports whether the partition is sealed, and the note it was sealed
+// with.
+func (p *Partition) Sealed() (note []byte, sealed bool, err error) {
+	err = p.View(func(tx *bbolt.Tx) error {
+		note, sealed = sealNote(tx)
+		return nil
+	})
+	return note, sealed, err
+}
+
+func (p *Partition) sealedErr() error {
+	return fmt.Errorf("storage: partition %d: %w", p.id, ErrSealed)
 }
 
 // Epoch returns the partition's current epoch (0 until SetEpoch is called).
@@ -522,6 +658,11 @@ func (p *Partition) call(tx *bbolt.Tx, r *request) (err error) {
 		}
 		if r.epoch < cur {
 			return p.staleErr(r.epoch, cur)
+		}
+	}
+	if !r.meta {
+		if _, sealed := sealNote(tx); sealed {
+			return p.sealedErr()
 		}
 	}
 	return r.fn(tx)

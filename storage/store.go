@@ -177,6 +177,60 @@ func (s *Store) Release(id uint32) error {
 	return p.Close()
 }
 
+// Drop releases partition id, if held, and deletes its file durably: the node
+// no longer has any copy of it. The partition must not be in use.
+func (s *Store) Drop(id uint32) error {
+	s.mu.Lock()
+	p, ok := s.parts[id]
+	delete(s.parts, id)
+	busy := s.pending[id]
+	s.mu.Unlock()
+	if busy {
+		return fmt.Errorf("storage: drop partition %d: being opened or restored", id)
+	}
+	if ok {
+		if err := p.Close(); err != nil {
+			return fmt.Errorf("storage: drop partition %d: %w", id, err)
+		}
+	}
+	if err := os.Remove(s.Path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("storage: drop partition %d: %w", id, err)
+	}
+	if s.opts.NoSync {
+		return nil
+	}
+	if err := syncDir(filepath.Dir(s.Path(id))); err != nil {
+		return fmt.Errorf("storage: drop partition %d: %w", id, err)
+	}
+	return nil
+}
+
+// PartitionFiles returns, in order, the numbers of the partitions that have a
+// file in the store directory dir (whether a Store holds them open or not).
+// A missing directory holds none.
+func PartitionFiles(dir string) ([]uint32, error) {
+	entries, err := os.ReadDir(filepath.Join(dir, "partitions"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage: list partitions in %s: %w", dir, err)
+	}
+	var ids []uint32
+	for _, e := range entries {
+		var id uint32
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if _, err := fmt.Sscanf(e.Name(), "p-%d.db", &id); err != nil || e.Name() != filepath.Base(PartitionFile(id)) {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
 // Close closes every partition of the store. Calling it again is a no-op.
 func (s *Store) Close() error {
 	s.mu.Lock()

@@ -1259,7 +1259,7 @@ func (x *Register) GetAcceptedTerms() []byte {
 type AccountQuery struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"` // exists, info, profile, joined_rooms, devices, filter, account_data, room_account_data, presence
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"` // exists, info, profile, joined_rooms, devices, filter, account_data, room_account_data, presence, push_rules
 	Key           string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
 	RoomId        string                 `protobuf:"bytes,4,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1629,12 +1629,15 @@ func (x *RoomNotice) GetEphemeralPos() uint64 {
 // SyncPlan asks the user actor which rooms and streams moved since a token,
 // waiting up to timeout_ms for something to move.
 type SyncPlan struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Since         string                 `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
-	TimeoutMs     int64                  `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
-	FullState     bool                   `protobuf:"varint,5,opt,name=full_state,json=fullState,proto3" json:"full_state,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	UserId    string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId  string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Since     string                 `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	TimeoutMs int64                  `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	FullState bool                   `protobuf:"varint,5,opt,name=full_state,json=fullState,proto3" json:"full_state,omitempty"`
+	// to_device_seen is the newest to-device position the gateway saw in the
+	// device's inbox: a later one (told by KeysNotice) ends the wait.
+	ToDeviceSeen  uint64 `protobuf:"varint,6,opt,name=to_device_seen,json=toDeviceSeen,proto3" json:"to_device_seen,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1702,6 +1705,13 @@ func (x *SyncPlan) GetFullState() bool {
 		return x.FullState
 	}
 	return false
+}
+
+func (x *SyncPlan) GetToDeviceSeen() uint64 {
+	if x != nil {
+		return x.ToDeviceSeen
+	}
+	return 0
 }
 
 type PlannedRoom struct {
@@ -1796,6 +1806,7 @@ type SyncPlanReply struct {
 	Presence        []byte                 `protobuf:"bytes,4,opt,name=presence,proto3" json:"presence,omitempty"`                                        // JSON array of presence events
 	Next            string                 `protobuf:"bytes,5,opt,name=next,proto3" json:"next,omitempty"`                                                // token to hand back when the sync is answered
 	Initial         bool                   `protobuf:"varint,6,opt,name=initial,proto3" json:"initial,omitempty"`
+	DeviceLists     []byte                 `protobuf:"bytes,7,opt,name=device_lists,json=deviceLists,proto3" json:"device_lists,omitempty"` // {"changed":[…],"left":[…]} since the token, incremental syncs only
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1870,6 +1881,13 @@ func (x *SyncPlanReply) GetInitial() bool {
 		return x.Initial
 	}
 	return false
+}
+
+func (x *SyncPlanReply) GetDeviceLists() []byte {
+	if x != nil {
+		return x.DeviceLists
+	}
+	return nil
 }
 
 // SyncDone records the positions reached by a sync so the next token resumes there.
@@ -2926,6 +2944,1795 @@ func (x *RoomAliasUpdate) GetRemove() bool {
 	return false
 }
 
+// PushRuleUpdate changes one of the user's push rules. op selects what:
+//
+//	put      create or replace the user rule kind/rule_id from body (the
+//	         PUT body: actions, conditions, pattern), placed just before
+//	         the user rule `before`, or else just after `after`
+//	delete   remove the user rule kind/rule_id
+//	enabled  body {"enabled": bool}; user or server-default rules
+//	actions  body {"actions": [...]}; user or server-default rules
+//
+// The reply is Empty; the whole ruleset is read with AccountQuery kind
+// push_rules.
+type PushRuleUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Op            string                 `protobuf:"bytes,2,opt,name=op,proto3" json:"op,omitempty"`
+	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"` // override, content, room, sender, underride
+	RuleId        string                 `protobuf:"bytes,4,opt,name=rule_id,json=ruleId,proto3" json:"rule_id,omitempty"`
+	Before        string                 `protobuf:"bytes,5,opt,name=before,proto3" json:"before,omitempty"`
+	After         string                 `protobuf:"bytes,6,opt,name=after,proto3" json:"after,omitempty"`
+	Body          []byte                 `protobuf:"bytes,7,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushRuleUpdate) Reset() {
+	*x = PushRuleUpdate{}
+	mi := &file_messages_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushRuleUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushRuleUpdate) ProtoMessage() {}
+
+func (x *PushRuleUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushRuleUpdate.ProtoReflect.Descriptor instead.
+func (*PushRuleUpdate) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *PushRuleUpdate) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PushRuleUpdate) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *PushRuleUpdate) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *PushRuleUpdate) GetRuleId() string {
+	if x != nil {
+		return x.RuleId
+	}
+	return ""
+}
+
+func (x *PushRuleUpdate) GetBefore() string {
+	if x != nil {
+		return x.Before
+	}
+	return ""
+}
+
+func (x *PushRuleUpdate) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
+func (x *PushRuleUpdate) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+// CertStore writes value at key, replacing what was there.
+type CertStore struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	Value         []byte                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertStore) Reset() {
+	*x = CertStore{}
+	mi := &file_messages_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertStore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertStore) ProtoMessage() {}
+
+func (x *CertStore) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertStore.ProtoReflect.Descriptor instead.
+func (*CertStore) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *CertStore) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertStore) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CertStore) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+// CertLoad reads the file at key; M_NOT_FOUND when there is none.
+type CertLoad struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertLoad) Reset() {
+	*x = CertLoad{}
+	mi := &file_messages_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertLoad) ProtoMessage() {}
+
+func (x *CertLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertLoad.ProtoReflect.Descriptor instead.
+func (*CertLoad) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *CertLoad) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertLoad) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type CertLoadReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Value         []byte                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	ModifiedMs    int64                  `protobuf:"varint,2,opt,name=modified_ms,json=modifiedMs,proto3" json:"modified_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertLoadReply) Reset() {
+	*x = CertLoadReply{}
+	mi := &file_messages_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertLoadReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertLoadReply) ProtoMessage() {}
+
+func (x *CertLoadReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertLoadReply.ProtoReflect.Descriptor instead.
+func (*CertLoadReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *CertLoadReply) GetValue() []byte {
+	if x != nil {
+		return x.Value
+	}
+	return nil
+}
+
+func (x *CertLoadReply) GetModifiedMs() int64 {
+	if x != nil {
+		return x.ModifiedMs
+	}
+	return 0
+}
+
+// CertDelete removes the file at key, or every file under key when key is a
+// directory. Deleting what is not there is not an error.
+type CertDelete struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertDelete) Reset() {
+	*x = CertDelete{}
+	mi := &file_messages_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertDelete) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertDelete) ProtoMessage() {}
+
+func (x *CertDelete) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertDelete.ProtoReflect.Descriptor instead.
+func (*CertDelete) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *CertDelete) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertDelete) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// CertList lists the keys under prefix: its direct children (files and
+// directories), or with recursive every file and directory below it.
+type CertList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Recursive     bool                   `protobuf:"varint,3,opt,name=recursive,proto3" json:"recursive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertList) Reset() {
+	*x = CertList{}
+	mi := &file_messages_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertList) ProtoMessage() {}
+
+func (x *CertList) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertList.ProtoReflect.Descriptor instead.
+func (*CertList) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *CertList) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertList) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *CertList) GetRecursive() bool {
+	if x != nil {
+		return x.Recursive
+	}
+	return false
+}
+
+type CertListReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertListReply) Reset() {
+	*x = CertListReply{}
+	mi := &file_messages_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertListReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertListReply) ProtoMessage() {}
+
+func (x *CertListReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertListReply.ProtoReflect.Descriptor instead.
+func (*CertListReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *CertListReply) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// CertStat describes key, a file or a directory; M_NOT_FOUND when neither.
+type CertStat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Key           string                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertStat) Reset() {
+	*x = CertStat{}
+	mi := &file_messages_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertStat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertStat) ProtoMessage() {}
+
+func (x *CertStat) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertStat.ProtoReflect.Descriptor instead.
+func (*CertStat) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *CertStat) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertStat) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+type CertStatReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	ModifiedMs    int64                  `protobuf:"varint,2,opt,name=modified_ms,json=modifiedMs,proto3" json:"modified_ms,omitempty"`
+	Size          int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	Terminal      bool                   `protobuf:"varint,4,opt,name=terminal,proto3" json:"terminal,omitempty"` // a file, not a directory
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertStatReply) Reset() {
+	*x = CertStatReply{}
+	mi := &file_messages_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertStatReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertStatReply) ProtoMessage() {}
+
+func (x *CertStatReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertStatReply.ProtoReflect.Descriptor instead.
+func (*CertStatReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *CertStatReply) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *CertStatReply) GetModifiedMs() int64 {
+	if x != nil {
+		return x.ModifiedMs
+	}
+	return 0
+}
+
+func (x *CertStatReply) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *CertStatReply) GetTerminal() bool {
+	if x != nil {
+		return x.Terminal
+	}
+	return false
+}
+
+// CertLock takes the lock name for owner until lease_ms from now, or
+// extends it when owner already holds it. A lock whose lease has passed is
+// free. The reply says whether owner holds it now, and otherwise until when
+// the current holder does.
+type CertLock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Owner         string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	LeaseMs       int64                  `protobuf:"varint,4,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertLock) Reset() {
+	*x = CertLock{}
+	mi := &file_messages_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertLock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertLock) ProtoMessage() {}
+
+func (x *CertLock) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertLock.ProtoReflect.Descriptor instead.
+func (*CertLock) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *CertLock) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertLock) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CertLock) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *CertLock) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+type CertLockReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Acquired      bool                   `protobuf:"varint,1,opt,name=acquired,proto3" json:"acquired,omitempty"`
+	ExpiresMs     int64                  `protobuf:"varint,2,opt,name=expires_ms,json=expiresMs,proto3" json:"expires_ms,omitempty"` // the lease's end, whoever holds it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertLockReply) Reset() {
+	*x = CertLockReply{}
+	mi := &file_messages_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertLockReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertLockReply) ProtoMessage() {}
+
+func (x *CertLockReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertLockReply.ProtoReflect.Descriptor instead.
+func (*CertLockReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *CertLockReply) GetAcquired() bool {
+	if x != nil {
+		return x.Acquired
+	}
+	return false
+}
+
+func (x *CertLockReply) GetExpiresMs() int64 {
+	if x != nil {
+		return x.ExpiresMs
+	}
+	return 0
+}
+
+// CertUnlock releases the lock name if owner holds it; releasing a free
+// lock is not an error, releasing another owner's is.
+type CertUnlock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Store         string                 `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Owner         string                 `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertUnlock) Reset() {
+	*x = CertUnlock{}
+	mi := &file_messages_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertUnlock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertUnlock) ProtoMessage() {}
+
+func (x *CertUnlock) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertUnlock.ProtoReflect.Descriptor instead.
+func (*CertUnlock) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *CertUnlock) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *CertUnlock) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CertUnlock) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// DeviceKeysOp is a request to a device actor about its encryption keys and
+// its to-device inbox; op selects what (see actors/device_keys.go). body
+// and the reply's json are JSON the gateway has bounded and decoded.
+type DeviceKeysOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Op            string                 `protobuf:"bytes,3,opt,name=op,proto3" json:"op,omitempty"`
+	Body          []byte                 `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	Algorithm     string                 `protobuf:"bytes,5,opt,name=algorithm,proto3" json:"algorithm,omitempty"` // claim
+	Pos           uint64                 `protobuf:"varint,6,opt,name=pos,proto3" json:"pos,omitempty"`            // inbox: acknowledged position
+	Limit         int32                  `protobuf:"varint,7,opt,name=limit,proto3" json:"limit,omitempty"`        // inbox: most messages to answer
+	Sender        string                 `protobuf:"bytes,8,opt,name=sender,proto3" json:"sender,omitempty"`       // deliver: sending user
+	SenderDevice  string                 `protobuf:"bytes,9,opt,name=sender_device,json=senderDevice,proto3" json:"sender_device,omitempty"`
+	TxnId         string                 `protobuf:"bytes,10,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeviceKeysOp) Reset() {
+	*x = DeviceKeysOp{}
+	mi := &file_messages_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeviceKeysOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeviceKeysOp) ProtoMessage() {}
+
+func (x *DeviceKeysOp) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeviceKeysOp.ProtoReflect.Descriptor instead.
+func (*DeviceKeysOp) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *DeviceKeysOp) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DeviceKeysOp) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *DeviceKeysOp) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *DeviceKeysOp) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *DeviceKeysOp) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *DeviceKeysOp) GetPos() uint64 {
+	if x != nil {
+		return x.Pos
+	}
+	return 0
+}
+
+func (x *DeviceKeysOp) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *DeviceKeysOp) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *DeviceKeysOp) GetSenderDevice() string {
+	if x != nil {
+		return x.SenderDevice
+	}
+	return ""
+}
+
+func (x *DeviceKeysOp) GetTxnId() string {
+	if x != nil {
+		return x.TxnId
+	}
+	return ""
+}
+
+// UserKeysOp is a request to a user actor about its cross-signing keys,
+// device list changes or key backup; op selects what (see
+// actors/user_keys.go).
+type UserKeysOp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Op            string                 `protobuf:"bytes,2,opt,name=op,proto3" json:"op,omitempty"`
+	Body          []byte                 `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	Requester     string                 `protobuf:"bytes,4,opt,name=requester,proto3" json:"requester,omitempty"` // the user asking (query visibility, signatures)
+	From          string                 `protobuf:"bytes,5,opt,name=from,proto3" json:"from,omitempty"`           // changes: sync tokens
+	To            string                 `protobuf:"bytes,6,opt,name=to,proto3" json:"to,omitempty"`
+	Version       string                 `protobuf:"bytes,7,opt,name=version,proto3" json:"version,omitempty"` // key backup
+	RoomId        string                 `protobuf:"bytes,8,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	SessionId     string                 `protobuf:"bytes,9,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserKeysOp) Reset() {
+	*x = UserKeysOp{}
+	mi := &file_messages_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserKeysOp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserKeysOp) ProtoMessage() {}
+
+func (x *UserKeysOp) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserKeysOp.ProtoReflect.Descriptor instead.
+func (*UserKeysOp) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *UserKeysOp) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *UserKeysOp) GetRequester() string {
+	if x != nil {
+		return x.Requester
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *UserKeysOp) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+type KeysReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Json          []byte                 `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeysReply) Reset() {
+	*x = KeysReply{}
+	mi := &file_messages_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeysReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeysReply) ProtoMessage() {}
+
+func (x *KeysReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeysReply.ProtoReflect.Descriptor instead.
+func (*KeysReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *KeysReply) GetJson() []byte {
+	if x != nil {
+		return x.Json
+	}
+	return nil
+}
+
+// KeysNotice tells a user actor, fire-and-forget, that one of its devices
+// received to-device messages up to pos (kind "to_device").
+type KeysNotice struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	DeviceId      string                 `protobuf:"bytes,3,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Pos           uint64                 `protobuf:"varint,4,opt,name=pos,proto3" json:"pos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeysNotice) Reset() {
+	*x = KeysNotice{}
+	mi := &file_messages_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeysNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeysNotice) ProtoMessage() {}
+
+func (x *KeysNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeysNotice.ProtoReflect.Descriptor instead.
+func (*KeysNotice) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *KeysNotice) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *KeysNotice) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *KeysNotice) GetDeviceId() string {
+	if x != nil {
+		return x.DeviceId
+	}
+	return ""
+}
+
+func (x *KeysNotice) GetPos() uint64 {
+	if x != nil {
+		return x.Pos
+	}
+	return 0
+}
+
+// MediaLimits are the configured bounds the gateway passes with each upload.
+type MediaLimits struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	MaxUpload      int64                  `protobuf:"varint,1,opt,name=max_upload,json=maxUpload,proto3" json:"max_upload,omitempty"`                  // bytes per file
+	Quota          int64                  `protobuf:"varint,2,opt,name=quota,proto3" json:"quota,omitempty"`                                           // bytes per user; 0 = no quota
+	MaxPending     int32                  `protobuf:"varint,3,opt,name=max_pending,json=maxPending,proto3" json:"max_pending,omitempty"`               // pending async uploads per user
+	UnusedExpiryMs int64                  `protobuf:"varint,4,opt,name=unused_expiry_ms,json=unusedExpiryMs,proto3" json:"unused_expiry_ms,omitempty"` // lifetime of a created, unused media ID
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MediaLimits) Reset() {
+	*x = MediaLimits{}
+	mi := &file_messages_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaLimits) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaLimits) ProtoMessage() {}
+
+func (x *MediaLimits) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaLimits.ProtoReflect.Descriptor instead.
+func (*MediaLimits) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *MediaLimits) GetMaxUpload() int64 {
+	if x != nil {
+		return x.MaxUpload
+	}
+	return 0
+}
+
+func (x *MediaLimits) GetQuota() int64 {
+	if x != nil {
+		return x.Quota
+	}
+	return 0
+}
+
+func (x *MediaLimits) GetMaxPending() int32 {
+	if x != nil {
+		return x.MaxPending
+	}
+	return 0
+}
+
+func (x *MediaLimits) GetUnusedExpiryMs() int64 {
+	if x != nil {
+		return x.UnusedExpiryMs
+	}
+	return 0
+}
+
+// MediaBegin checks that an upload may start (quota with size_hint, and for
+// an async upload that media_id is the caller's, pending and unexpired) and
+// returns where the gateway must stage the bytes.
+type MediaBegin struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	MediaId       string                 `protobuf:"bytes,4,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`     // "" for a new upload
+	SizeHint      int64                  `protobuf:"varint,5,opt,name=size_hint,json=sizeHint,proto3" json:"size_hint,omitempty"` // the request's Content-Length, -1 when unknown
+	Limits        *MediaLimits           `protobuf:"bytes,6,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaBegin) Reset() {
+	*x = MediaBegin{}
+	mi := &file_messages_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaBegin) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaBegin) ProtoMessage() {}
+
+func (x *MediaBegin) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaBegin.ProtoReflect.Descriptor instead.
+func (*MediaBegin) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *MediaBegin) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaBegin) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaBegin) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *MediaBegin) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+func (x *MediaBegin) GetSizeHint() int64 {
+	if x != nil {
+		return x.SizeHint
+	}
+	return 0
+}
+
+func (x *MediaBegin) GetLimits() *MediaLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type MediaBeginReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	StagingDir    string                 `protobuf:"bytes,1,opt,name=staging_dir,json=stagingDir,proto3" json:"staging_dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaBeginReply) Reset() {
+	*x = MediaBeginReply{}
+	mi := &file_messages_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaBeginReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaBeginReply) ProtoMessage() {}
+
+func (x *MediaBeginReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaBeginReply.ProtoReflect.Descriptor instead.
+func (*MediaBeginReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *MediaBeginReply) GetStagingDir() string {
+	if x != nil {
+		return x.StagingDir
+	}
+	return ""
+}
+
+// MediaCommit adopts a staged file: the actor hashes it, moves it into the
+// blob store (or drops it when a blob with its hash exists), and records
+// the media. media_id "" makes a new ID.
+type MediaCommit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	MediaId       string                 `protobuf:"bytes,4,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	StagedPath    string                 `protobuf:"bytes,5,opt,name=staged_path,json=stagedPath,proto3" json:"staged_path,omitempty"`
+	ContentType   string                 `protobuf:"bytes,6,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Filename      string                 `protobuf:"bytes,7,opt,name=filename,proto3" json:"filename,omitempty"`
+	Limits        *MediaLimits           `protobuf:"bytes,8,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaCommit) Reset() {
+	*x = MediaCommit{}
+	mi := &file_messages_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaCommit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaCommit) ProtoMessage() {}
+
+func (x *MediaCommit) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaCommit.ProtoReflect.Descriptor instead.
+func (*MediaCommit) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *MediaCommit) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetStagedPath() string {
+	if x != nil {
+		return x.StagedPath
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *MediaCommit) GetLimits() *MediaLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type MediaCommitReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MediaId       string                 `protobuf:"bytes,1,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaCommitReply) Reset() {
+	*x = MediaCommitReply{}
+	mi := &file_messages_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaCommitReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaCommitReply) ProtoMessage() {}
+
+func (x *MediaCommitReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaCommitReply.ProtoReflect.Descriptor instead.
+func (*MediaCommitReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *MediaCommitReply) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+// MediaCreate reserves a media ID for an async upload.
+type MediaCreate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Limits        *MediaLimits           `protobuf:"bytes,4,opt,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaCreate) Reset() {
+	*x = MediaCreate{}
+	mi := &file_messages_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaCreate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaCreate) ProtoMessage() {}
+
+func (x *MediaCreate) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaCreate.ProtoReflect.Descriptor instead.
+func (*MediaCreate) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *MediaCreate) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaCreate) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaCreate) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *MediaCreate) GetLimits() *MediaLimits {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type MediaCreateReply struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	MediaId         string                 `protobuf:"bytes,1,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	UnusedExpiresAt int64                  `protobuf:"varint,2,opt,name=unused_expires_at,json=unusedExpiresAt,proto3" json:"unused_expires_at,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MediaCreateReply) Reset() {
+	*x = MediaCreateReply{}
+	mi := &file_messages_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaCreateReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaCreateReply) ProtoMessage() {}
+
+func (x *MediaCreateReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaCreateReply.ProtoReflect.Descriptor instead.
+func (*MediaCreateReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *MediaCreateReply) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+func (x *MediaCreateReply) GetUnusedExpiresAt() int64 {
+	if x != nil {
+		return x.UnusedExpiresAt
+	}
+	return 0
+}
+
+// MediaGet describes one media item; M_NOT_FOUND when unknown or expired.
+type MediaGet struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	MediaId       string                 `protobuf:"bytes,3,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaGet) Reset() {
+	*x = MediaGet{}
+	mi := &file_messages_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaGet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaGet) ProtoMessage() {}
+
+func (x *MediaGet) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaGet.ProtoReflect.Descriptor instead.
+func (*MediaGet) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *MediaGet) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaGet) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaGet) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+// MediaInfo is a media item or thumbnail: the blob file to serve (empty
+// while an async upload is pending) and what to serve it as.
+type MediaInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	ContentType   string                 `protobuf:"bytes,2,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Filename      string                 `protobuf:"bytes,3,opt,name=filename,proto3" json:"filename,omitempty"`
+	Size          int64                  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	CreatedMs     int64                  `protobuf:"varint,5,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	Uploaded      bool                   `protobuf:"varint,6,opt,name=uploaded,proto3" json:"uploaded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaInfo) Reset() {
+	*x = MediaInfo{}
+	mi := &file_messages_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaInfo) ProtoMessage() {}
+
+func (x *MediaInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaInfo.ProtoReflect.Descriptor instead.
+func (*MediaInfo) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *MediaInfo) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *MediaInfo) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *MediaInfo) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+func (x *MediaInfo) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *MediaInfo) GetCreatedMs() int64 {
+	if x != nil {
+		return x.CreatedMs
+	}
+	return 0
+}
+
+func (x *MediaInfo) GetUploaded() bool {
+	if x != nil {
+		return x.Uploaded
+	}
+	return false
+}
+
+// MediaThumbnail returns a thumbnail of an image (made on first request
+// and kept as a blob), or the original when it is no larger than asked.
+type MediaThumbnail struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	MediaId       string                 `protobuf:"bytes,3,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`
+	Width         int32                  `protobuf:"varint,4,opt,name=width,proto3" json:"width,omitempty"`
+	Height        int32                  `protobuf:"varint,5,opt,name=height,proto3" json:"height,omitempty"`
+	Method        string                 `protobuf:"bytes,6,opt,name=method,proto3" json:"method,omitempty"` // crop or scale
+	MaxPixels     int64                  `protobuf:"varint,7,opt,name=max_pixels,json=maxPixels,proto3" json:"max_pixels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaThumbnail) Reset() {
+	*x = MediaThumbnail{}
+	mi := &file_messages_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaThumbnail) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaThumbnail) ProtoMessage() {}
+
+func (x *MediaThumbnail) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaThumbnail.ProtoReflect.Descriptor instead.
+func (*MediaThumbnail) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *MediaThumbnail) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaThumbnail) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaThumbnail) GetMediaId() string {
+	if x != nil {
+		return x.MediaId
+	}
+	return ""
+}
+
+func (x *MediaThumbnail) GetWidth() int32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *MediaThumbnail) GetHeight() int32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+func (x *MediaThumbnail) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *MediaThumbnail) GetMaxPixels() int64 {
+	if x != nil {
+		return x.MaxPixels
+	}
+	return 0
+}
+
 var File_messages_proto protoreflect.FileDescriptor
 
 const file_messages_proto_rawDesc = "" +
@@ -3072,7 +4879,7 @@ const file_messages_proto_rawDesc = "" +
 	"\n" +
 	"membership\x18\x04 \x01(\tR\n" +
 	"membership\x12#\n" +
-	"\rephemeral_pos\x18\x05 \x01(\x04R\fephemeralPos\"\x94\x01\n" +
+	"\rephemeral_pos\x18\x05 \x01(\x04R\fephemeralPos\"\xba\x01\n" +
 	"\bSyncPlan\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x14\n" +
@@ -3080,7 +4887,8 @@ const file_messages_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\x12\x1d\n" +
 	"\n" +
-	"full_state\x18\x05 \x01(\bR\tfullState\"\xbe\x01\n" +
+	"full_state\x18\x05 \x01(\bR\tfullState\x12$\n" +
+	"\x0eto_device_seen\x18\x06 \x01(\x04R\ftoDeviceSeen\"\xbe\x01\n" +
 	"\vPlannedRoom\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x1e\n" +
 	"\n" +
@@ -3089,14 +4897,15 @@ const file_messages_proto_rawDesc = "" +
 	"\x04from\x18\x03 \x01(\x04R\x04from\x12%\n" +
 	"\x0emembership_pos\x18\x04 \x01(\x04R\rmembershipPos\x12%\n" +
 	"\x0eephemeral_from\x18\x05 \x01(\x04R\rephemeralFrom\x12\x14\n" +
-	"\x05newly\x18\x06 \x01(\bR\x05newly\"\xd9\x01\n" +
+	"\x05newly\x18\x06 \x01(\bR\x05newly\"\xfc\x01\n" +
 	"\rSyncPlanReply\x12/\n" +
 	"\x05rooms\x18\x01 \x03(\v2\x19.shoal.actors.PlannedRoomR\x05rooms\x12!\n" +
 	"\faccount_data\x18\x02 \x01(\fR\vaccountData\x12*\n" +
 	"\x11room_account_data\x18\x03 \x01(\fR\x0froomAccountData\x12\x1a\n" +
 	"\bpresence\x18\x04 \x01(\fR\bpresence\x12\x12\n" +
 	"\x04next\x18\x05 \x01(\tR\x04next\x12\x18\n" +
-	"\ainitial\x18\x06 \x01(\bR\ainitial\"\xbf\x02\n" +
+	"\ainitial\x18\x06 \x01(\bR\ainitial\x12!\n" +
+	"\fdevice_lists\x18\a \x01(\fR\vdeviceLists\"\xbf\x02\n" +
 	"\bSyncDone\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12C\n" +
@@ -3185,7 +4994,150 @@ const file_messages_proto_rawDesc = "" +
 	"\x0fRoomAliasUpdate\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x16\n" +
-	"\x06remove\x18\x03 \x01(\bR\x06removeB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
+	"\x06remove\x18\x03 \x01(\bR\x06remove\"\xa8\x01\n" +
+	"\x0ePushRuleUpdate\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x0e\n" +
+	"\x02op\x18\x02 \x01(\tR\x02op\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x17\n" +
+	"\arule_id\x18\x04 \x01(\tR\x06ruleId\x12\x16\n" +
+	"\x06before\x18\x05 \x01(\tR\x06before\x12\x14\n" +
+	"\x05after\x18\x06 \x01(\tR\x05after\x12\x12\n" +
+	"\x04body\x18\a \x01(\fR\x04body\"I\n" +
+	"\tCertStore\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\fR\x05value\"2\n" +
+	"\bCertLoad\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"F\n" +
+	"\rCertLoadReply\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\fR\x05value\x12\x1f\n" +
+	"\vmodified_ms\x18\x02 \x01(\x03R\n" +
+	"modifiedMs\"4\n" +
+	"\n" +
+	"CertDelete\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"V\n" +
+	"\bCertList\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x12\x1c\n" +
+	"\trecursive\x18\x03 \x01(\bR\trecursive\"#\n" +
+	"\rCertListReply\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\"2\n" +
+	"\bCertStat\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"r\n" +
+	"\rCertStatReply\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1f\n" +
+	"\vmodified_ms\x18\x02 \x01(\x03R\n" +
+	"modifiedMs\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x1a\n" +
+	"\bterminal\x18\x04 \x01(\bR\bterminal\"e\n" +
+	"\bCertLock\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x19\n" +
+	"\blease_ms\x18\x04 \x01(\x03R\aleaseMs\"J\n" +
+	"\rCertLockReply\x12\x1a\n" +
+	"\bacquired\x18\x01 \x01(\bR\bacquired\x12\x1d\n" +
+	"\n" +
+	"expires_ms\x18\x02 \x01(\x03R\texpiresMs\"L\n" +
+	"\n" +
+	"CertUnlock\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\"\x82\x02\n" +
+	"\fDeviceKeysOp\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
+	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x0e\n" +
+	"\x02op\x18\x03 \x01(\tR\x02op\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x12\x1c\n" +
+	"\talgorithm\x18\x05 \x01(\tR\talgorithm\x12\x10\n" +
+	"\x03pos\x18\x06 \x01(\x04R\x03pos\x12\x14\n" +
+	"\x05limit\x18\a \x01(\x05R\x05limit\x12\x16\n" +
+	"\x06sender\x18\b \x01(\tR\x06sender\x12#\n" +
+	"\rsender_device\x18\t \x01(\tR\fsenderDevice\x12\x15\n" +
+	"\x06txn_id\x18\n" +
+	" \x01(\tR\x05txnId\"\xdd\x01\n" +
+	"\n" +
+	"UserKeysOp\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x0e\n" +
+	"\x02op\x18\x02 \x01(\tR\x02op\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\x12\x1c\n" +
+	"\trequester\x18\x04 \x01(\tR\trequester\x12\x12\n" +
+	"\x04from\x18\x05 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x06 \x01(\tR\x02to\x12\x18\n" +
+	"\aversion\x18\a \x01(\tR\aversion\x12\x17\n" +
+	"\aroom_id\x18\b \x01(\tR\x06roomId\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\t \x01(\tR\tsessionId\"\x1f\n" +
+	"\tKeysReply\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"h\n" +
+	"\n" +
+	"KeysNotice\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1b\n" +
+	"\tdevice_id\x18\x03 \x01(\tR\bdeviceId\x12\x10\n" +
+	"\x03pos\x18\x04 \x01(\x04R\x03pos\"\x8d\x01\n" +
+	"\vMediaLimits\x12\x1d\n" +
+	"\n" +
+	"max_upload\x18\x01 \x01(\x03R\tmaxUpload\x12\x14\n" +
+	"\x05quota\x18\x02 \x01(\x03R\x05quota\x12\x1f\n" +
+	"\vmax_pending\x18\x03 \x01(\x05R\n" +
+	"maxPending\x12(\n" +
+	"\x10unused_expiry_ms\x18\x04 \x01(\x03R\x0eunusedExpiryMs\"\xc5\x01\n" +
+	"\n" +
+	"MediaBegin\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x19\n" +
+	"\bmedia_id\x18\x04 \x01(\tR\amediaId\x12\x1b\n" +
+	"\tsize_hint\x18\x05 \x01(\x03R\bsizeHint\x121\n" +
+	"\x06limits\x18\x06 \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\"2\n" +
+	"\x0fMediaBeginReply\x12\x1f\n" +
+	"\vstaging_dir\x18\x01 \x01(\tR\n" +
+	"stagingDir\"\x89\x02\n" +
+	"\vMediaCommit\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x19\n" +
+	"\bmedia_id\x18\x04 \x01(\tR\amediaId\x12\x1f\n" +
+	"\vstaged_path\x18\x05 \x01(\tR\n" +
+	"stagedPath\x12!\n" +
+	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12\x1a\n" +
+	"\bfilename\x18\a \x01(\tR\bfilename\x121\n" +
+	"\x06limits\x18\b \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\"-\n" +
+	"\x10MediaCommitReply\x12\x19\n" +
+	"\bmedia_id\x18\x01 \x01(\tR\amediaId\"\x8e\x01\n" +
+	"\vMediaCreate\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x121\n" +
+	"\x06limits\x18\x04 \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\"Y\n" +
+	"\x10MediaCreateReply\x12\x19\n" +
+	"\bmedia_id\x18\x01 \x01(\tR\amediaId\x12*\n" +
+	"\x11unused_expires_at\x18\x02 \x01(\x03R\x0funusedExpiresAt\"Z\n" +
+	"\bMediaGet\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x19\n" +
+	"\bmedia_id\x18\x03 \x01(\tR\amediaId\"\xad\x01\n" +
+	"\tMediaInfo\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12!\n" +
+	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x1a\n" +
+	"\bfilename\x18\x03 \x01(\tR\bfilename\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x1d\n" +
+	"\n" +
+	"created_ms\x18\x05 \x01(\x03R\tcreatedMs\x12\x1a\n" +
+	"\buploaded\x18\x06 \x01(\bR\buploaded\"\xc5\x01\n" +
+	"\x0eMediaThumbnail\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x19\n" +
+	"\bmedia_id\x18\x03 \x01(\tR\amediaId\x12\x14\n" +
+	"\x05width\x18\x04 \x01(\x05R\x05width\x12\x16\n" +
+	"\x06height\x18\x05 \x01(\x05R\x06height\x12\x16\n" +
+	"\x06method\x18\x06 \x01(\tR\x06method\x12\x1d\n" +
+	"\n" +
+	"max_pixels\x18\a \x01(\x03R\tmaxPixelsB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
 
 var (
 	file_messages_proto_rawDescOnce sync.Once
@@ -3199,7 +5151,7 @@ func file_messages_proto_rawDescGZIP() []byte {
 	return file_messages_proto_rawDescData
 }
 
-var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_messages_proto_goTypes = []any{
 	(*Error)(nil),              // 0: shoal.actors.Error
 	(*Empty)(nil),              // 1: shoal.actors.Empty
@@ -3242,19 +5194,48 @@ var file_messages_proto_goTypes = []any{
 	(*RoomPublish)(nil),        // 38: shoal.actors.RoomPublish
 	(*RoomPublishReply)(nil),   // 39: shoal.actors.RoomPublishReply
 	(*RoomAliasUpdate)(nil),    // 40: shoal.actors.RoomAliasUpdate
-	nil,                        // 41: shoal.actors.SyncDone.PositionsEntry
-	nil,                        // 42: shoal.actors.SyncDone.EphemeralEntry
+	(*PushRuleUpdate)(nil),     // 41: shoal.actors.PushRuleUpdate
+	(*CertStore)(nil),          // 42: shoal.actors.CertStore
+	(*CertLoad)(nil),           // 43: shoal.actors.CertLoad
+	(*CertLoadReply)(nil),      // 44: shoal.actors.CertLoadReply
+	(*CertDelete)(nil),         // 45: shoal.actors.CertDelete
+	(*CertList)(nil),           // 46: shoal.actors.CertList
+	(*CertListReply)(nil),      // 47: shoal.actors.CertListReply
+	(*CertStat)(nil),           // 48: shoal.actors.CertStat
+	(*CertStatReply)(nil),      // 49: shoal.actors.CertStatReply
+	(*CertLock)(nil),           // 50: shoal.actors.CertLock
+	(*CertLockReply)(nil),      // 51: shoal.actors.CertLockReply
+	(*CertUnlock)(nil),         // 52: shoal.actors.CertUnlock
+	(*DeviceKeysOp)(nil),       // 53: shoal.actors.DeviceKeysOp
+	(*UserKeysOp)(nil),         // 54: shoal.actors.UserKeysOp
+	(*KeysReply)(nil),          // 55: shoal.actors.KeysReply
+	(*KeysNotice)(nil),         // 56: shoal.actors.KeysNotice
+	(*MediaLimits)(nil),        // 57: shoal.actors.MediaLimits
+	(*MediaBegin)(nil),         // 58: shoal.actors.MediaBegin
+	(*MediaBeginReply)(nil),    // 59: shoal.actors.MediaBeginReply
+	(*MediaCommit)(nil),        // 60: shoal.actors.MediaCommit
+	(*MediaCommitReply)(nil),   // 61: shoal.actors.MediaCommitReply
+	(*MediaCreate)(nil),        // 62: shoal.actors.MediaCreate
+	(*MediaCreateReply)(nil),   // 63: shoal.actors.MediaCreateReply
+	(*MediaGet)(nil),           // 64: shoal.actors.MediaGet
+	(*MediaInfo)(nil),          // 65: shoal.actors.MediaInfo
+	(*MediaThumbnail)(nil),     // 66: shoal.actors.MediaThumbnail
+	nil,                        // 67: shoal.actors.SyncDone.PositionsEntry
+	nil,                        // 68: shoal.actors.SyncDone.EphemeralEntry
 }
 var file_messages_proto_depIdxs = []int32{
 	2,  // 0: shoal.actors.CreateRoom.initial:type_name -> shoal.actors.StateEvent
 	22, // 1: shoal.actors.SyncPlanReply.rooms:type_name -> shoal.actors.PlannedRoom
-	41, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
-	42, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
-	4,  // [4:4] is the sub-list for method output_type
-	4,  // [4:4] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	67, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
+	68, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
+	57, // 4: shoal.actors.MediaBegin.limits:type_name -> shoal.actors.MediaLimits
+	57, // 5: shoal.actors.MediaCommit.limits:type_name -> shoal.actors.MediaLimits
+	57, // 6: shoal.actors.MediaCreate.limits:type_name -> shoal.actors.MediaLimits
+	7,  // [7:7] is the sub-list for method output_type
+	7,  // [7:7] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_messages_proto_init() }
@@ -3268,7 +5249,7 @@ func file_messages_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_proto_rawDesc), len(file_messages_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

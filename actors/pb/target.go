@@ -59,3 +59,5 @@ func (m *DirectoryOp) ActorIdentity() string   { return DirectoryIdentity }
 func (m *Passivate) ActorIdentity() string     { return m.Identity }
 
 func (m *SyncTimeout) ActorIdentity() string { return UserIdentity(m.UserId) }
+
+func (m *PushRuleUpdate) ActorIdentity() string { return UserIdentity(m.UserId) }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -22,12 +23,25 @@ type Config struct {
 	DataDir                  string                         `yaml:"data_dir"`
 	ClientListen             string                         `yaml:"client_listen"`
 	TLSListen                []string                       `yaml:"tls_listen"`
+	FederationListen         []string                       `yaml:"federation_listen"`
+	AdminListen              string                         `yaml:"admin_listen"`
 	TLSCert                  string                         `yaml:"tls_cert"`
 	TLSKey                   string                         `yaml:"tls_key"`
+	ACMEDomains              []string                       `yaml:"acme_domains"`
+	ACMEEmail                string                         `yaml:"acme_email"`
+	ACMECA                   string                         `yaml:"acme_ca"`
+	ACMECARoot               string                         `yaml:"acme_ca_root"`
 	Registration             string                         `yaml:"registration"`
 	RegistrationSharedSecret string                         `yaml:"registration_shared_secret"`
 	RegistrationTokens       []string                       `yaml:"registration_tokens"`
 	NoRateLimit              bool                           `yaml:"no_rate_limit"`
+	RateLimitPerSecond       float64                        `yaml:"rate_limit_per_second"`
+	RateLimitBurst           int                            `yaml:"rate_limit_burst"`
+	MaxConcurrentRequests    int                            `yaml:"max_concurrent_requests"`
+	ReadHeaderTimeout        time.Duration                  `yaml:"read_header_timeout"`
+	IdleTimeout              time.Duration                  `yaml:"idle_timeout"`
+	MaxHeaderBytes           int                            `yaml:"max_header_bytes"`
+	MaxBodyBytes             int64                          `yaml:"max_body_bytes"`
 	Partitions               uint32                         `yaml:"partitions"`
 	PublicBaseURL            string                         `yaml:"public_base_url"`
 	WellKnownServer          string                         `yaml:"well_known_server"`
@@ -37,17 +51,27 @@ type Config struct {
 }
 
 // defaultConfig is the zero-configuration node: one node, server name
-// localhost, plain HTTP on loopback, data under ./shoal-data, registration
-// open (reachable only from this machine).
+// localhost, plain HTTP on loopback, HTTPS and HTTP/3 on loopback port 8448
+// with a self-signed certificate, metrics on loopback port 9008, data under
+// ./shoal-data, registration open (reachable only from this machine).
 func defaultConfig() Config {
 	return Config{
-		ServerName:   "localhost",
-		DataDir:      "./shoal-data",
-		ClientListen: "127.0.0.1:8008",
-		Registration: "open",
-		Partitions:   16,
-		LogLevel:     "info",
-		LogFormat:    "text",
+		ServerName:            "localhost",
+		DataDir:               "./shoal-data",
+		ClientListen:          "127.0.0.1:8008",
+		TLSListen:             []string{"127.0.0.1:8448"},
+		AdminListen:           "127.0.0.1:9008",
+		Registration:          "open",
+		RateLimitPerSecond:    gateway.DefaultRateLimitPerSecond,
+		RateLimitBurst:        gateway.DefaultRateLimitBurst,
+		MaxConcurrentRequests: gateway.DefaultMaxConcurrent,
+		ReadHeaderTimeout:     gateway.DefaultReadHeaderTimeout,
+		IdleTimeout:           gateway.DefaultIdleTimeout,
+		MaxHeaderBytes:        gateway.DefaultMaxHeaderBytes,
+		MaxBodyBytes:          gateway.DefaultMaxBodyBytes,
+		Partitions:            16,
+		LogLevel:              "info",
+		LogFormat:             "text",
 	}
 }
 
@@ -74,13 +98,39 @@ func settings() []setting {
 			return nil
 		}
 	}
+	positive := func(f func(c *Config) *int) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("must be a positive integer, not %q", v)
+			}
+			*f(c) = n
+			return nil
+		}
+	}
+	duration := func(f func(c *Config) *time.Duration) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("must be a positive duration such as 10s, not %q", v)
+			}
+			*f(c) = d
+			return nil
+		}
+	}
 	return []setting{
 		{name: "server-name", usage: "the server name in user and room IDs", set: str(func(c *Config) *string { return &c.ServerName })},
 		{name: "data-dir", usage: "where the node keeps its data", set: str(func(c *Config) *string { return &c.DataDir })},
 		{name: "client-listen", usage: "plain-HTTP address for the client API (empty: none)", set: str(func(c *Config) *string { return &c.ClientListen })},
-		{name: "tls-listen", usage: "HTTPS addresses for client and federation APIs, comma-separated", set: list(func(c *Config) *[]string { return &c.TLSListen })},
+		{name: "tls-listen", usage: "HTTPS and HTTP/3 addresses for client and federation APIs, comma-separated (empty: none)", set: list(func(c *Config) *[]string { return &c.TLSListen })},
+		{name: "federation-listen", usage: "HTTPS and HTTP/3 addresses for the federation API only, comma-separated", set: list(func(c *Config) *[]string { return &c.FederationListen })},
+		{name: "admin-listen", usage: "address for Prometheus metrics and pprof; keep it private (empty: none)", set: str(func(c *Config) *string { return &c.AdminListen })},
 		{name: "tls-cert", usage: "TLS certificate file (default: self-signed, kept in the data dir)", set: str(func(c *Config) *string { return &c.TLSCert })},
 		{name: "tls-key", usage: "TLS key file", set: str(func(c *Config) *string { return &c.TLSKey })},
+		{name: "acme-domains", usage: "domains to obtain certificates for by ACME, comma-separated (port 443 must reach a TLS listener)", set: list(func(c *Config) *[]string { return &c.ACMEDomains })},
+		{name: "acme-email", usage: "contact address given to the ACME CA", set: str(func(c *Config) *string { return &c.ACMEEmail })},
+		{name: "acme-ca", usage: "ACME directory URL (default: Let's Encrypt)", set: str(func(c *Config) *string { return &c.ACMECA })},
+		{name: "acme-ca-root", usage: "PEM file of roots to trust for the ACME CA's own HTTPS (private or test CAs)", set: str(func(c *Config) *string { return &c.ACMECARoot })},
 		{name: "registration", usage: "open, token or closed", set: func(c *Config, v string) error {
 			if v != "open" && v != "token" && v != "closed" {
 				return fmt.Errorf("registration must be open, token or closed, not %q", v)
@@ -94,6 +144,27 @@ func settings() []setting {
 			b, err := strconv.ParseBool(v)
 			c.NoRateLimit = b
 			return err
+		}},
+		{name: "rate-limit-per-second", usage: "sustained requests per second per user or IP on rate-limited endpoints", set: func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				return fmt.Errorf("must be a positive number, not %q", v)
+			}
+			c.RateLimitPerSecond = f
+			return nil
+		}},
+		{name: "rate-limit-burst", usage: "requests a user or IP may burst on rate-limited endpoints", set: positive(func(c *Config) *int { return &c.RateLimitBurst })},
+		{name: "max-concurrent-requests", usage: "requests in flight per client (IP, or user once authenticated)", set: positive(func(c *Config) *int { return &c.MaxConcurrentRequests })},
+		{name: "read-header-timeout", usage: "time a client has to send its request headers (and finish a TLS handshake)", set: duration(func(c *Config) *time.Duration { return &c.ReadHeaderTimeout })},
+		{name: "idle-timeout", usage: "time a keep-alive connection may stay idle", set: duration(func(c *Config) *time.Duration { return &c.IdleTimeout })},
+		{name: "max-header-bytes", usage: "largest request headers accepted (431 beyond)", set: positive(func(c *Config) *int { return &c.MaxHeaderBytes })},
+		{name: "max-body-bytes", usage: "largest request body accepted (413 M_TOO_LARGE beyond)", set: func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("must be a positive integer, not %q", v)
+			}
+			c.MaxBodyBytes = n
+			return nil
 		}},
 		{name: "partitions", usage: "partition count, fixed when the data dir is created", set: func(c *Config, v string) error {
 			n, err := strconv.ParseUint(v, 10, 32)
@@ -176,8 +247,15 @@ func (c Config) validate() error {
 	if c.DataDir == "" {
 		return errors.New("data_dir must be set")
 	}
-	if c.ClientListen == "" && len(c.TLSListen) == 0 {
-		return errors.New("nothing to listen on: set client_listen or tls_listen")
+	if c.ClientListen == "" && len(c.TLSListen) == 0 && len(c.FederationListen) == 0 {
+		return errors.New("nothing to listen on: set client_listen, tls_listen or federation_listen")
+	}
+	if len(c.ACMEDomains) > 0 && len(c.TLSListen)+len(c.FederationListen) == 0 {
+		return errors.New("acme_domains needs a TLS listener (tls_listen or federation_listen) to answer the CA's challenges")
+	}
+	if c.RateLimitPerSecond <= 0 || c.RateLimitBurst <= 0 || c.MaxConcurrentRequests <= 0 || c.ReadHeaderTimeout <= 0 ||
+		c.IdleTimeout <= 0 || c.MaxHeaderBytes <= 0 || c.MaxBodyBytes <= 0 {
+		return errors.New("rate limits, concurrency, timeouts and size limits must be positive")
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("tls_cert and tls_key go together")

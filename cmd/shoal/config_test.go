@@ -14,6 +14,35 @@ func TestConfigDefaults(t *testing.T) {
 	if cfg.ServerName != "localhost" || cfg.ClientListen != "127.0.0.1:8008" || cfg.DataDir != "./shoal-data" || cfg.Registration != "open" {
 		t.Fatalf("zero-config defaults wrong: %+v", cfg)
 	}
+	// HTTPS + HTTP/3 and metrics on loopback only: open registration must
+	// not be reachable from the network without configuration.
+	if len(cfg.TLSListen) != 1 || cfg.TLSListen[0] != "127.0.0.1:8448" || cfg.AdminListen != "127.0.0.1:9008" {
+		t.Fatalf("zero-config listeners wrong: tls %v admin %q", cfg.TLSListen, cfg.AdminListen)
+	}
+	off, err := loadConfig([]string{"--tls-listen", "", "--admin-listen", ""}, func(string) string { return "" })
+	if err != nil || len(off.TLSListen) != 0 || off.AdminListen != "" {
+		t.Fatalf("listeners not turned off: %v %+v", err, off)
+	}
+}
+
+func TestConfigListenerSettings(t *testing.T) {
+	env := map[string]string{"SHOAL_RATE_LIMIT_BURST": "7", "SHOAL_ACME_DOMAINS": "a.example, b.example"}
+	file := filepath.Join(t.TempDir(), "shoal.yaml")
+	err := os.WriteFile(file, []byte("read_header_timeout: 3s\nmax_body_bytes: 2048\nfederation_listen: [\":8449\"]\nacme_email: ops@a.example\n"), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig([]string{"--config", file, "--idle-timeout", "1m", "--rate-limit-per-second", "2.5",
+		"--max-concurrent-requests", "9"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ReadHeaderTimeout.Seconds() != 3 || cfg.MaxBodyBytes != 2048 || cfg.IdleTimeout.Minutes() != 1 ||
+		cfg.RateLimitPerSecond != 2.5 || cfg.RateLimitBurst != 7 || cfg.MaxConcurrentRequests != 9 ||
+		len(cfg.FederationListen) != 1 || len(cfg.ACMEDomains) != 2 || cfg.ACMEDomains[1] != "b.example" ||
+		cfg.ACMEEmail != "ops@a.example" {
+		t.Fatalf("settings not applied: %+v", cfg)
+	}
 }
 
 // flag > environment > file > default, for every kind of field.
@@ -55,7 +84,10 @@ func TestConfigRefusesBadInput(t *testing.T) {
 		{"--registration", "sometimes"},
 		{"--partitions", "0"},
 		{"--tls-cert", "a.pem"},
-		{"--client-listen", ""},
+		{"--client-listen", "", "--tls-listen", "", "--admin-listen", ""},
+		{"--acme-domains", "a.example", "--tls-listen", ""},
+		{"--read-header-timeout", "0s"},
+		{"--rate-limit-burst", "-1"},
 		{"--bogus"},
 	} {
 		if _, err := loadConfig(args, none); err == nil {

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -58,7 +59,8 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 func usage(w io.Writer) {
 	fmt.Fprint(w, `shoal — a Matrix homeserver that scales out by adding nodes
 
-  shoal serve [flags]          run a node; with no flags: localhost, http://127.0.0.1:8008, ./shoal-data
+  shoal serve [flags]          run a node; with no flags: localhost, http://127.0.0.1:8008,
+                               https://127.0.0.1:8448 (and HTTP/3), metrics on 127.0.0.1:9008, ./shoal-data
   shoal user create [flags]    create an account on a running node (shared-secret registration)
 
 Run "shoal serve -h" or "shoal user create -h" for their flags.
@@ -94,12 +96,21 @@ func serve(args []string, logOut io.Writer, getenv func(string) string) error {
 		return err
 	}
 	slog.SetDefault(log)
-	node, err := gateway.StartNode(nodeConfig(cfg, log))
+	ncfg, err := nodeConfig(cfg, log)
+	if err != nil {
+		return err
+	}
+	node, err := gateway.StartNode(ncfg)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("%w\n  another program listens on that address: choose another one with its flag "+
+			"(--client-listen, --tls-listen, --federation-listen, --admin-listen), or pass \"\" to turn that listener off", err)
+	}
 	if err != nil {
 		return err
 	}
 	log.Info("shoal is running", slog.String("server_name", cfg.ServerName), slog.String("client", node.ClientAddr),
-		slog.Any("tls", node.TLSAddrs), slog.String("data_dir", cfg.DataDir))
+		slog.Any("tls", node.TLSAddrs), slog.Any("federation", node.FederationAddrs), slog.String("admin", node.AdminAddr),
+		slog.String("data_dir", cfg.DataDir))
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
@@ -120,7 +131,18 @@ func serve(args []string, logOut io.Writer, getenv func(string) string) error {
 	return runErr
 }
 
-func nodeConfig(cfg Config, log *slog.Logger) gateway.NodeConfig {
+func nodeConfig(cfg Config, log *slog.Logger) (gateway.NodeConfig, error) {
+	var roots *x509.CertPool
+	if cfg.ACMECARoot != "" {
+		pem, err := os.ReadFile(cfg.ACMECARoot)
+		if err != nil {
+			return gateway.NodeConfig{}, fmt.Errorf("acme_ca_root: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return gateway.NodeConfig{}, fmt.Errorf("acme_ca_root: no PEM certificate in %s", cfg.ACMECARoot)
+		}
+	}
 	return gateway.NodeConfig{
 		Gateway: gateway.Config{
 			ServerName:               cfg.ServerName,
@@ -131,13 +153,28 @@ func nodeConfig(cfg Config, log *slog.Logger) gateway.NodeConfig {
 			PublicBaseURL:            cfg.PublicBaseURL,
 			WellKnownServer:          cfg.WellKnownServer,
 			RateLimit:                !cfg.NoRateLimit,
+			RateLimitPerSecond:       cfg.RateLimitPerSecond,
+			RateLimitBurst:           cfg.RateLimitBurst,
+			MaxConcurrent:            cfg.MaxConcurrentRequests,
+			ReadHeaderTimeout:        cfg.ReadHeaderTimeout,
+			IdleTimeout:              cfg.IdleTimeout,
+			MaxHeaderBytes:           cfg.MaxHeaderBytes,
+			MaxBodyBytes:             cfg.MaxBodyBytes,
 		},
-		DataDir:      cfg.DataDir,
-		Partitions:   cfg.Partitions,
-		ClientListen: cfg.ClientListen,
-		TLSListen:    cfg.TLSListen,
-		TLSCert:      cfg.TLSCert,
-		TLSKey:       cfg.TLSKey,
-		Log:          log,
-	}
+		DataDir:          cfg.DataDir,
+		Partitions:       cfg.Partitions,
+		ClientListen:     cfg.ClientListen,
+		TLSListen:        cfg.TLSListen,
+		FederationListen: cfg.FederationListen,
+		AdminListen:      cfg.AdminListen,
+		TLSCert:          cfg.TLSCert,
+		TLSKey:           cfg.TLSKey,
+		ACME: gateway.ACMEConfig{
+			Domains: cfg.ACMEDomains,
+			Email:   cfg.ACMEEmail,
+			CA:      cfg.ACMECA,
+			CARoots: roots,
+		},
+		Log: log,
+	}, nil
 }

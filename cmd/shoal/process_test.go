@@ -66,7 +66,7 @@ type proc struct {
 func startProc(t *testing.T, dataDir, addr string) *proc {
 	t.Helper()
 	cmd := exec.Command(shoalBinary(t), "serve", "--server-name", "proc.test", "--data-dir", dataDir,
-		"--client-listen", addr, "--no-rate-limit", "--log-level", "warn")
+		"--client-listen", addr, "--tls-listen", "", "--admin-listen", "", "--no-rate-limit", "--log-level", "warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ package shoaltest
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"os"
@@ -67,8 +68,29 @@ func (n *Node) start() {
 	}
 	n.Node = gn
 	n.BaseURL = "http://" + gn.ClientAddr
-	// Keep the port across restarts so clients made before keep working.
+	// Keep the ports across restarts so clients made before keep working.
 	n.cfg.ClientListen = gn.ClientAddr
+	if len(gn.TLSAddrs) > 0 {
+		n.cfg.TLSListen = gn.TLSAddrs
+	}
+}
+
+// WithTLS adds an HTTPS and HTTP/3 listener on a loopback port, with the
+// node's self-signed certificate (see TLSRoots).
+func WithTLS(cfg *gateway.NodeConfig) { cfg.TLSListen = []string{"127.0.0.1:0"} }
+
+// TLSRoots trusts the node's self-signed certificate.
+func (n *Node) TLSRoots() *x509.CertPool {
+	n.t.Helper()
+	pem, err := os.ReadFile(gateway.SelfSignedCertFile(n.cfg.DataDir))
+	if err != nil {
+		n.t.Fatalf("shoaltest: read the self-signed certificate: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		n.t.Fatal("shoaltest: no certificate in tls.crt")
+	}
+	return pool
 }
 
 // Stop stops the node (idempotent).
