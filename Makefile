@@ -16,6 +16,7 @@ build:
 	$(GO) build -o bin/shoalbench ./cmd/shoalbench
 
 # One node with embedded defaults: server name localhost, http://127.0.0.1:8008,
+# https://127.0.0.1:8448 and HTTP/3 (self-signed), metrics on 127.0.0.1:9008,
 # data under ./shoal-data, registration open (loopback only).
 run:
 	$(GO) build -o $(BIN) ./cmd/shoal
@@ -25,17 +26,24 @@ test: test-go test-fuzz
 
 test-go:
 	$(GO) test $(TESTFLAGS) $(PKGS)
+	# The in-process cluster tests start several nodes in one process, whose
+	# gRPC transports race on grpc-go's global logger: they skip themselves
+	# under -race and run here without it. (The multi-process cluster test
+	# above runs race-enabled nodes.)
+	$(GO) test -timeout 10m -count 1 -run '^TestCluster' ./cluster
 
 # A short run of each fuzzer on top of its committed corpus; run longer by
 # hand with FUZZTIME=10m.
 test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzCanonicalJSON$$' -fuzztime $(FUZZTIME) ./eventgraph
 	$(GO) test -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME) ./eventgraph
+	$(GO) test -run '^$$' -fuzz '^FuzzThumbnail$$' -fuzztime $(FUZZTIME) ./actors
 
 # Go benchmarks of the hot paths, then the load tool (cmd/shoalbench), which
 # starts a fresh node from bin/shoal and drives it over HTTP.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./eventgraph ./storage
+	$(GO) test -run '^$$' -bench . -benchtime 3s ./cluster
 	./bin/shoalbench -shoal ./bin/shoal
 
 lint:

@@ -28,6 +28,7 @@ const lastSeenEvery = 60_000 // ms
 //	DeviceQuery  replies DeviceInfo (exists=false for no such device)
 //	DeviceUpdate display_name: replies Empty, 404 for no such device;
 //	             logout: deletes the device and its token, replies Empty
+//	DeviceKeysOp keys and to-device inbox (device_keys.go); replies KeysReply
 type device struct {
 	env      *Env
 	userID   string

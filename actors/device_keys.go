@@ -424,6 +424,16 @@ func (d *device) claimKey(meta *deviceKeysMeta, alg string) acctResult {
 	if d.dev == nil || alg == "" || strings.ContainsRune(alg, 0) {
 		return keysReply(map[string]any{})
 	}
+	// Nothing to change: answer without a write.
+	if meta.Counts[alg] <= 0 {
+		fb := meta.Fallback[alg]
+		if fb == nil {
+			return keysReply(map[string]any{})
+		}
+		if fb.Used {
+			return keysReply(map[string]any{"key_id": alg + ":" + fb.KeyID, "key": fb.Key})
+		}
+	}
 	next := meta.clone()
 	var keyID string
 	var key json.RawMessage
@@ -534,8 +544,8 @@ func (d *device) deliver(meta *deviceKeysMeta, m *pb.DeviceKeysOp) acctResult {
 	if d.dev == nil {
 		return keysReply(map[string]any{}) // logged out: nobody to deliver to
 	}
-	if len(m.Body) > maxToDeviceBytes {
-		return acctFail(ErrInvalidParam("to-device message larger than %d bytes", maxToDeviceBytes))
+	if len(m.Body) > MaxToDeviceBytes {
+		return acctFail(ErrInvalidParam("to-device message larger than %d bytes", MaxToDeviceBytes))
 	}
 	h := sha256.Sum256([]byte(m.Sender + "\x00" + m.SenderDevice + "\x00" + m.TxnId))
 	msgID := h[:16]
@@ -609,8 +619,9 @@ func (d *device) deliver(meta *deviceKeysMeta, m *pb.DeviceKeysOp) acctResult {
 	return keysReply(map[string]any{"pos": next.InboxNext})
 }
 
-// maxToDeviceBytes bounds one stored to-device message.
-const maxToDeviceBytes = 64 << 10
+// MaxToDeviceBytes bounds one stored to-device message (type, sender and
+// content).
+const MaxToDeviceBytes = 64 << 10
 
 // inbox deletes the messages up to ack (the client's token proves it has
 // them) and answers the next ones, with the key counts /sync reports.
@@ -619,22 +630,31 @@ func (d *device) inbox(meta *deviceKeysMeta, ack uint64, limit int) acctResult {
 	next := meta.clone()
 	var events []json.RawMessage
 	last := ack
-	err := d.e2eeWrite(func(e storage.E2EETx) error {
-		if ack > 0 && next.Inbox > 0 {
+	// Most syncs acknowledge nothing new: look before taking a write.
+	acked := false
+	if ack > 0 && next.Inbox > 0 {
+		if err := d.e2eeView(func(e storage.E2EETx) error {
+			return e.Scan(storage.InboxStore, nil, nil, 1, func(k, _ []byte) bool {
+				p, _ := storage.ParseU64Key(k)
+				acked = p <= ack
+				return false
+			})
+		}); err != nil {
+			return acctFail(err)
+		}
+	}
+	if acked {
+		err := d.e2eeWrite(func(e storage.E2EETx) error {
 			n, err := e.DeleteRange(storage.InboxStore, nil, storage.U64Key(ack))
 			if err != nil {
 				return err
 			}
-			if n == 0 {
-				return nil
-			}
 			next.Inbox -= n
 			return putKeysMeta(e, next)
+		})
+		if err != nil {
+			return acctFail(err)
 		}
-		return nil
-	})
-	if err != nil {
-		return acctFail(err)
 	}
 	d.keys = next
 	if limit > 0 && next.Inbox > 0 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/blevesearch/bleve/v2"
 	"go.etcd.io/bbolt"
 	"google.golang.org/protobuf/proto"
 
@@ -50,6 +51,10 @@ type roomActor struct {
 	ephPos    uint64
 	sweep     *time.Timer
 	sweepAt   time.Time
+
+	// searchIdx is the room's full-text index, open after the first search
+	// (room_search.go).
+	searchIdx bleve.Index
 }
 
 // memberInfo is one user's current membership.
@@ -80,6 +85,7 @@ func (r *roomActor) Receive(ctx actor.Context) {
 		if r.sweep != nil {
 			r.sweep.Stop()
 		}
+		r.closeSearch()
 	case proto.Message:
 		if r.loadErr != nil {
 			r.respond(ctx, nil, ErrUnknown("room unavailable"))
@@ -122,6 +128,24 @@ func (r *roomActor) handle(ctx actor.Context, msg proto.Message) {
 		r.respond(ctx, res, err)
 	case *pb.RoomAliasUpdate:
 		res, err := r.updateAlias(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomRelations:
+		res, err := r.relationsPage(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomThreads:
+		res, err := r.threadsPage(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomTimestamp:
+		res, err := r.timestampToEvent(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomSpaceSummary:
+		res, err := r.spaceSummary(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomUpgradeState:
+		res, err := r.upgradeState(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomSearch:
+		res, err := r.searchRoom(m)
 		r.respond(ctx, res, err)
 	default:
 		r.respond(ctx, nil, Errorf(http.StatusBadRequest, "M_UNRECOGNIZED", "room cannot handle %T", msg))
@@ -493,6 +517,9 @@ func (b *batch) commit() error {
 				}
 			}
 		}
+		if err := b.indexRelations(rt); err != nil {
+			return err
+		}
 		for id, rec := range b.redacted {
 			if err := rt.PutEvent(id, rec); err != nil {
 				return err
@@ -585,6 +612,7 @@ func (r *roomActor) notify(b *batch) {
 	if refresh && r.meta.Published {
 		r.sendDirectoryRefresh()
 	}
+	r.notifyUserDir(b)
 }
 
 func (r *roomActor) sendDirectoryRefresh() {

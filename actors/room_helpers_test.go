@@ -57,14 +57,14 @@ func (l *noticeLog) waitFor(t *testing.T, what string, pred func(*pb.RoomNotice)
 }
 
 type testNode struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	node    *cluster.Node
 	server  *actors.ServerIdentity
 	notices *noticeLog
 }
 
-func startNode(t *testing.T) *testNode {
+func startNode(t testing.TB) *testNode {
 	t.Helper()
 	tn := &testNode{t: t, dir: t.TempDir(), notices: &noticeLog{},
 		server: &actors.ServerIdentity{ServerName: testServer, KeyID: "ed25519:test",
@@ -85,6 +85,7 @@ func (tn *testNode) start() {
 			pb.KindAlias:     actors.NewAlias,
 			pb.KindDirectory: actors.NewDirectory,
 			pb.KindCerts:     actors.NewCerts,
+			pb.KindUserDir:   actors.NewUserDir,
 			pb.KindUser:      tn.notices.producer,
 		},
 	})

@@ -304,6 +304,9 @@ type formatOpts struct {
 	device string
 	// membership, when set, becomes unsigned.membership (MSC4115).
 	membership string
+	// noAgg leaves out the bundled aggregations (unsigned["m.relations"]);
+	// noThread only their m.thread part.
+	noAgg, noThread bool
 }
 
 // format renders an event in the client-server API's ClientEvent format
@@ -348,6 +351,15 @@ func (rd *roomReader) formatNested(l *loadedEvent, o formatOpts, nested bool) (j
 				return nil, err
 			}
 			u["redacted_because"] = because
+		}
+	}
+	if nested && !o.noAgg {
+		agg, err := rd.aggregations(l, o)
+		if err != nil {
+			return nil, err
+		}
+		if len(agg) > 0 {
+			u["m.relations"] = agg
 		}
 	}
 	unsigned, err := json.Marshal(u)

@@ -76,6 +76,9 @@ const (
 //
 // PushRuleUpdate (user_pushrules.go) replies Empty.
 //
+// UserKeysOp (user_keys.go, user_keybackup.go) replies KeysReply; KeysNotice
+// is fire-and-forget.
+//
 // CheckPassword replies Empty when the password is right, 403 M_FORBIDDEN
 // when it is wrong or the account unknown, 403 M_USER_DEACTIVATED for a
 // deactivated account. Register replies Empty, or 400 M_USER_IN_USE.
@@ -89,6 +92,8 @@ type user struct {
 	sync userSync
 	// push is the user's push rules, read on first use (user_pushrules.go).
 	push *pushState
+	// keys is what the actor keeps in memory for encryption (user_keys.go).
+	keys userKeys
 }
 
 // NewUser makes the actor of a user.
@@ -131,6 +136,10 @@ func (u *user) Receive(ctx actor.Context) {
 		u.reply(ctx, u.syncDone(m))
 	case *pb.SyncTimeout:
 		u.syncTimeout(ctx, m)
+	case *pb.UserKeysOp:
+		u.reply(ctx, u.keysOp(ctx, m))
+	case *pb.KeysNotice:
+		u.keysNotice(ctx, m)
 	}
 }
 

@@ -240,7 +240,7 @@ func (u *user) syncPlan(ctx actor.Context, m *pb.SyncPlan) {
 		u.reply(ctx, acctFail(err))
 		return
 	}
-	if base != nil && m.TimeoutMs > 0 && ctx.Sender() != nil && u.planEmpty(base, m.FullState) {
+	if base != nil && m.TimeoutMs > 0 && ctx.Sender() != nil && u.planEmpty(base, m.FullState) && !u.toDeviceWaiting(m) {
 		u.park(ctx, m, base)
 		return
 	}
@@ -363,6 +363,11 @@ func (u *user) plan(base *syncBase, fullState bool) (*pb.SyncPlanReply, error) {
 				return nil, err
 			}
 			reply.Presence = ev
+		}
+		if base != nil {
+			if err := u.deviceListsInPlan(since, reply); err != nil {
+				return nil, err
+			}
 		}
 	}
 	reply.Next = syncTokenString(u.remember(pend))

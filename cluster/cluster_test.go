@@ -1,14 +1,19 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,12 +51,12 @@ func skipUnderRace(t *testing.T) {
 // tracker counts live activations of each identity across every node of a
 // test cluster, and fails the test on a second one.
 type tracker struct {
-	t    *testing.T
+	t    testing.TB
 	mu   sync.Mutex
 	live map[string]int
 }
 
-func newTracker(t *testing.T) *tracker { return &tracker{t: t, live: map[string]int{}} }
+func newTracker(t testing.TB) *tracker { return &tracker{t: t, live: map[string]int{}} }
 
 func (tr *tracker) started(id string) {
 	tr.mu.Lock()
@@ -125,11 +130,16 @@ func (c *clusterCounter) incr() error {
 }
 
 type testCluster struct {
-	t     *testing.T
+	t     testing.TB
 	tr    *tracker
 	parts uint32
 	nodes []*Node
 	dirs  []string
+	// log and tune replace the default logger and the fast gossip timing
+	// (benchmarks: quiet, and LAN timing that a saturated CPU does not
+	// mistake for failures).
+	log  *slog.Logger
+	tune func(*memberlist.Config)
 }
 
 // fastGossip makes memberlist notice joins and failures within about a
@@ -164,12 +174,16 @@ func (tc *testCluster) config(dir string, join []string, o nodeOpts) Config {
 	if o.partitions == 0 {
 		o.partitions = tc.parts
 	}
+	tune := fastGossip
+	if tc.tune != nil {
+		tune = tc.tune
+	}
 	return Config{
+		Log:         tc.log,
 		DataDir:     dir,
 		Partitions:  o.partitions,
 		ServerName:  o.server,
 		SharedFiles: []string{"server.seed"},
-		LoadServer:  func() (*actors.ServerIdentity, error) { return loadTestServer(dir, o.server) },
 		IdleTimeout: time.Minute,
 		Kinds: map[string]Producer{
 			pb.KindUser: func(env *actors.Env) actor.Actor { return &clusterCounter{env: env, tr: tc.tr} },
@@ -181,9 +195,27 @@ func (tc *testCluster) config(dir string, join []string, o nodeOpts) Config {
 			RPCListen: "127.0.0.1:0",
 			Join:      join,
 			HoldFor:   5 * time.Second,
-			tune:      fastGossip,
+			tune:      tune,
 		},
 	}
+}
+
+// startNode starts a node the way the gateway does: Join, load the server
+// identity (received from the cluster by a new node), Run.
+func startNode(cfg Config) (*Node, error) {
+	n, err := Join(cfg)
+	if err != nil {
+		return nil, err
+	}
+	server, err := loadTestServer(cfg.DataDir, cfg.ServerName)
+	if err != nil {
+		_ = n.Stop(context.Background())
+		return nil, err
+	}
+	if err := n.Run(server, cfg.Kinds, cfg.Storage); err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 // loadTestServer stands in for the gateway's signing key: a seed file in
@@ -218,7 +250,7 @@ func (tc *testCluster) add(dir string) *Node {
 			break
 		}
 	}
-	n, err := Start(tc.config(dir, join, nodeOpts{}))
+	n, err := startNode(tc.config(dir, join, nodeOpts{}))
 	if err != nil {
 		tc.t.Fatal(err)
 	}
@@ -343,7 +375,7 @@ func partitionOf(identity string, n *Node) uint32 {
 // reaches remote actors.
 func TestClusterThreeNodes(t *testing.T) {
 	skipUnderRace(t)
-	tc := newTestCluster(t, 3, 8)
+	tc := newTestCluster(t, 3, 32)
 	a, b, c := tc.nodes[0], tc.nodes[1], tc.nodes[2]
 
 	ids := map[string]bool{}
@@ -361,7 +393,7 @@ func TestClusterThreeNodes(t *testing.T) {
 	}
 	for _, n := range tc.nodes {
 		if len(n.Store().Partitions()) == 0 {
-			t.Fatalf("node %s holds no partition of 8", n.ID())
+			t.Fatalf("node %s holds no partition of 32", n.ID())
 		}
 	}
 
@@ -503,7 +535,7 @@ func (l *load) check(t *testing.T, n *Node) {
 // never a second live activation of an identity.
 func TestClusterHandoffUnderLoad(t *testing.T) {
 	skipUnderRace(t)
-	tc := newTestCluster(t, 3, 8)
+	tc := newTestCluster(t, 3, 32)
 	l := startLoad(tc, 40, 6)
 	time.Sleep(500 * time.Millisecond)
 
@@ -575,7 +607,7 @@ func firstErrs(errs []error, n int) []error {
 // and everything it held is back when it returns.
 func TestClusterNodeDownAndBack(t *testing.T) {
 	skipUnderRace(t)
-	tc := newTestCluster(t, 3, 8)
+	tc := newTestCluster(t, 3, 32)
 	a, c := tc.nodes[0], tc.nodes[2]
 	ctx := context.Background()
 	onC := userOn(t, c, "c")
@@ -634,7 +666,7 @@ func TestClusterRefusesMismatchedNodes(t *testing.T) {
 		{nodeOpts{name: "elsewhere"}, `cluster "test"`},
 		{nodeOpts{secret: "another secret, not ours"}, "cluster secret"},
 	} {
-		_, err := Start(tc.config(t.TempDir(), join, c.opts))
+		_, err := startNode(tc.config(t.TempDir(), join, c.opts))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want an error mentioning %q", c.opts, err, c.want)
 		}
@@ -650,7 +682,7 @@ func TestClusterRefusesMismatchedNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := tc.config(dir, join, nodeOpts{})
-	if _, err := Start(cfg); err == nil || !strings.Contains(err.Error(), "cluster ID") {
+	if _, err := startNode(cfg); err == nil || !strings.Contains(err.Error(), "cluster ID") {
 		t.Fatalf("data dir of another cluster: got %v", err)
 	}
 	// A one-node data dir with data cannot join.
@@ -661,11 +693,156 @@ func TestClusterRefusesMismatchedNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Stop(context.Background())
-	if _, err := Start(tc.config(local, join, nodeOpts{})); err == nil || !strings.Contains(err.Error(), "belongs to no cluster") {
+	if _, err := startNode(tc.config(local, join, nodeOpts{})); err == nil || !strings.Contains(err.Error(), "belongs to no cluster") {
 		t.Fatalf("one-node data dir joining: got %v", err)
 	}
 	// A clustered data dir cannot be started as a one-node server.
 	if _, err := Start(Config{DataDir: tc.dirs[0], Partitions: 8, Server: &actors.ServerIdentity{ServerName: "cluster.test", PrivateKey: priv}}); err == nil || !strings.Contains(err.Error(), "belongs to cluster") {
 		t.Fatalf("clustered data dir started alone: got %v", err)
+	}
+}
+
+// A node that stopped in the middle of a handoff finds its partition sealed
+// at start: it serves nothing of it until the receiver has answered, then
+// serves it again (the receiver never got it) with every write intact. A
+// receiver that stopped between installing and unsealing a partition
+// unseals it at start.
+func TestClusterSealedAtStart(t *testing.T) {
+	skipUnderRace(t)
+	tc := newTestCluster(t, 2, 16)
+	a, b := tc.nodes[0], tc.nodes[1]
+	ctx := context.Background()
+	onA := userOn(t, a, "sealed")
+	for range 3 {
+		if _, err := incrOn(ctx, b, onA); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := partitionOf(pb.UserIdentity(onA), a)
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[0] = nil
+	// As if a had sealed p for b and stopped before hearing back.
+	part, err := storage.Open(filepath.Join(tc.dirs[0], storage.PartitionFile(p)), p, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := part.Seal(part.Epoch()+1, sealNote(b.ID())); err != nil {
+		t.Fatal(err)
+	}
+	sealedAt := part.Epoch()
+	if err := part.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a2 := tc.add(tc.dirs[0])
+	tc.settle()
+	if got := a2.states[p].report.Load(); got.state != hostServing || got.epoch != sealedAt {
+		t.Fatalf("partition %d after restart: %s at epoch %d, want serving at %d", p, got.state, got.epoch, sealedAt)
+	}
+	if got, err := incrOn(ctx, b, onA); err != nil || got != 4 {
+		t.Fatalf("after the sealed restart: %d %v, want 4", got, err)
+	}
+
+	// b stopped after installing a partition, before unsealing it.
+	onB := userOn(t, b, "recv")
+	if _, err := incrOn(ctx, a2, onB); err != nil {
+		t.Fatal(err)
+	}
+	q := partitionOf(pb.UserIdentity(onB), b)
+	if err := b.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tc.nodes[1] = nil
+	part, err = storage.Open(filepath.Join(tc.dirs[1], storage.PartitionFile(q)), q, storage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := part.Seal(part.Epoch(), sealNote(b.ID())); err != nil {
+		t.Fatal(err)
+	}
+	if err := part.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tc.add(tc.dirs[1])
+	tc.settle()
+	if got, err := incrOn(ctx, a2, onB); err != nil || got != 2 {
+		t.Fatalf("after the receiver's restart: %d %v, want 2", got, err)
+	}
+}
+
+// A partition moves with its media blobs: each arrives checked against its
+// name, uploads still being staged stay behind, and the old owner keeps
+// nothing of the partition (file, blobs, derived indexes).
+func TestClusterHandoffMovesBlobs(t *testing.T) {
+	skipUnderRace(t)
+	tc := newTestCluster(t, 1, 1)
+	a := tc.nodes[0]
+	part, _ := a.Store().Partition(0)
+	blobs := storage.BlobsOf(part)
+	contents := [][]byte{{}, make([]byte, chunkSize), make([]byte, chunkSize*5/2)}
+	for i, c := range contents {
+		for j := range c {
+			c[j] = byte(i + j*31)
+		}
+	}
+	var sums []string
+	for _, c := range contents {
+		sum := sha256.Sum256(c)
+		s := hex.EncodeToString(sum[:])
+		sums = append(sums, s)
+		if err := os.MkdirAll(filepath.Dir(blobs.Path(s)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(blobs.Path(s), c, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	staging, err := blobs.StagingDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(staging, "up-1"), []byte("half an upload"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	search := part.Path() + ".search"
+	if err := os.MkdirAll(search, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	user := "@blobs:cluster.test"
+	if _, err := incrOn(context.Background(), a, user); err != nil {
+		t.Fatal(err)
+	}
+
+	b := tc.add("")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.Leave(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := b.Store().Partition(0)
+	if !ok {
+		t.Fatal("the partition did not arrive")
+	}
+	have, err := storage.BlobSums(got)
+	if err != nil || !slices.Equal(have, slices.Sorted(slices.Values(sums))) {
+		t.Fatalf("blobs after the move: %v %v, want %v", have, err, sums)
+	}
+	for i, s := range sums {
+		data, err := os.ReadFile(storage.BlobsOf(got).Path(s))
+		if err != nil || !bytes.Equal(data, contents[i]) {
+			t.Fatalf("blob %s after the move: %d bytes, %v", s, len(data), err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(storage.BlobsOf(got).Dir(), "staging", "up-1")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a staged upload moved: %v", err)
+	}
+	for _, gone := range []string{part.Path(), blobs.Dir(), search} {
+		if _, err := os.Stat(gone); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("%s still on the node that left: %v", gone, err)
+		}
+	}
+	if v, err := incrOn(context.Background(), b, user); err != nil || v != 2 {
+		t.Fatalf("after the move: %d %v, want 2", v, err)
 	}
 }

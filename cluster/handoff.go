@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"log/slog"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -26,11 +28,13 @@ import (
 //  2. H seals the file at epoch e+1 with a note naming D. From then on the
 //     file takes no write (storage.ErrSealed), and the actors' fenced
 //     handles (epoch e) could not write anyway.
-//  3. H streams a snapshot to D's host for the partition, in chunks, each
-//     acknowledged, then commits with the length and SHA-256 of the whole.
-//     D checks both, installs the file (storage.Store.Restore checks it is
-//     a complete bbolt file of that partition), unseals it and serves it,
-//     and only then answers.
+//  3. H streams a snapshot to D's host for the partition, in chunks (a few
+//     in flight, each acknowledged in order), then the partition's media
+//     blobs (files beside it, each named and checked by its SHA-256), then
+//     commits with the length and SHA-256 of the file and the blob count.
+//     D checks them, installs the blobs and the file (storage.Store.Install
+//     checks it is a complete bbolt file of that partition), unseals it and
+//     serves it, and only then answers.
 //  4. On "ok", H deletes its copy and forwards what it held to D.
 //
 // If the transfer breaks off, H cannot know whether D installed the file,
@@ -114,16 +118,24 @@ func (n *Node) sendPartition(ctx context.Context, p uint32, part *storage.Partit
 	if !ack.Ok {
 		return false, fmt.Errorf("cluster: %s refused partition %d: %s", to.NodeId, p, ack.Error)
 	}
-	w := &chunkWriter{ctx: ctx, n: n, pid: pid, p: p, epoch: epoch, h: sha256.New(), x: x,
-		buf: make([]byte, 0, chunkSize)}
+	pl := &pipeline{ctx: ctx, n: n, pid: pid, x: x}
+	w := &chunkWriter{pl: pl, p: p, epoch: epoch, h: sha256.New(), buf: make([]byte, 0, chunkSize)}
 	size, err := part.Snapshot(w)
 	if err == nil {
 		err = w.flush()
 	}
+	var blobs uint32
+	if err == nil {
+		blobs, err = sendBlobs(pl, part, epoch)
+	}
+	if err == nil {
+		err = pl.drain()
+	}
 	if err != nil {
 		return false, err
 	}
-	ack, err = n.handoffCall(ctx, pid, &clusterpb.HandoffCommit{Partition: p, Epoch: epoch, Size: uint64(size), Sha256: w.h.Sum(nil)}, commitTimeout)
+	commit := &clusterpb.HandoffCommit{Partition: p, Epoch: epoch, Size: uint64(size), Sha256: w.h.Sum(nil), Blobs: blobs}
+	ack, err = n.handoffCall(ctx, pid, commit, commitTimeout)
 	if err != nil {
 		return false, err
 	}
@@ -179,15 +191,70 @@ func (n *Node) handoffCall(ctx context.Context, pid *actor.PID, msg any, timeout
 	return ack, nil
 }
 
-// chunkWriter sends what Snapshot writes as acknowledged chunks.
+// pipeline sends handoff messages to one partition host, keeping up to
+// chunkWindow of them in flight; the receiver acknowledges each, in order.
+type pipeline struct {
+	ctx      context.Context
+	n        *Node
+	pid      *actor.PID
+	x        *transfer
+	sent     uint64 // bytes sent
+	inflight []pendingChunk
+}
+
+type pendingChunk struct {
+	f    *actor.Future
+	sent uint64 // bytes sent once this message is acknowledged
+}
+
+const chunkWindow = 4
+
+// send puts msg, carrying n bytes of payload, on the wire.
+func (pl *pipeline) send(msg any, n int) error {
+	for len(pl.inflight) >= chunkWindow {
+		if err := pl.awaitOldest(); err != nil {
+			return err
+		}
+	}
+	pl.sent += uint64(n)
+	pl.inflight = append(pl.inflight, pendingChunk{f: pl.n.system.Root.RequestFuture(pl.pid, msg, stepTimeout), sent: pl.sent})
+	return nil
+}
+
+func (pl *pipeline) awaitOldest() error {
+	c := pl.inflight[0]
+	pl.inflight = pl.inflight[1:]
+	res, err := pl.n.resultOf(pl.ctx, c.f, pl.n.peerDone(pl.pid.Address))
+	if err != nil {
+		return fmt.Errorf("cluster: handoff to %s: %w", pl.pid.Address, err)
+	}
+	ack, ok := res.(*clusterpb.HandoffAck)
+	if !ok {
+		return fmt.Errorf("cluster: handoff to %s: unexpected reply %T", pl.pid.Address, res)
+	}
+	if !ack.Ok {
+		return errors.New("cluster: handoff refused: " + ack.Error)
+	}
+	pl.x.bytes.Store(c.sent)
+	return nil
+}
+
+// drain waits for every message's acknowledgement.
+func (pl *pipeline) drain() error {
+	for len(pl.inflight) > 0 {
+		if err := pl.awaitOldest(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chunkWriter sends what Snapshot writes as HandoffChunks.
 type chunkWriter struct {
-	ctx   context.Context
-	n     *Node
-	pid   *actor.PID
+	pl    *pipeline
 	p     uint32
 	epoch uint64
 	h     hash.Hash
-	x     *transfer
 	buf   []byte
 	off   uint64
 }
@@ -208,20 +275,59 @@ func (w *chunkWriter) Write(b []byte) (int, error) {
 	return written, nil
 }
 
+// flush sends what is buffered.
 func (w *chunkWriter) flush() error {
 	if len(w.buf) == 0 {
 		return nil
 	}
-	ack, err := w.n.handoffCall(w.ctx, w.pid, &clusterpb.HandoffChunk{Partition: w.p, Epoch: w.epoch, Offset: w.off, Data: w.buf}, stepTimeout)
-	if err != nil {
+	msg := &clusterpb.HandoffChunk{Partition: w.p, Epoch: w.epoch, Offset: w.off, Data: w.buf}
+	if err := w.pl.send(msg, len(w.buf)); err != nil {
 		return err
-	}
-	if !ack.Ok {
-		return errors.New("cluster: chunk refused: " + ack.Error)
 	}
 	w.h.Write(w.buf)
 	w.off += uint64(len(w.buf))
-	w.x.bytes.Store(w.off)
 	w.buf = make([]byte, 0, chunkSize)
 	return nil
+}
+
+// sendBlobs sends the partition's media blobs and returns how many.
+func sendBlobs(pl *pipeline, part *storage.Partition, epoch uint64) (uint32, error) {
+	sums, err := storage.BlobSums(part)
+	if err != nil {
+		return 0, err
+	}
+	blobs := storage.BlobsOf(part)
+	for _, sum := range sums {
+		if err := sendBlob(pl, part.ID(), epoch, sum, blobs.Path(sum)); err != nil {
+			return 0, err
+		}
+	}
+	return uint32(len(sums)), nil
+}
+
+func sendBlob(pl *pipeline, p uint32, epoch uint64, sum, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("cluster: blob %s: %w", sum, err)
+	}
+	defer func() { _ = f.Close() }()
+	var off uint64
+	for {
+		buf := make([]byte, chunkSize)
+		// A file that ends exactly at a chunk's end gets an empty last
+		// chunk.
+		n, err := io.ReadFull(f, buf)
+		last := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		if err != nil && !last {
+			return fmt.Errorf("cluster: blob %s: %w", sum, err)
+		}
+		msg := &clusterpb.HandoffBlob{Partition: p, Epoch: epoch, Sha256: sum, Offset: off, Data: buf[:n], Last: last}
+		if err := pl.send(msg, n); err != nil {
+			return err
+		}
+		off += uint64(n)
+		if last {
+			return nil
+		}
+	}
 }

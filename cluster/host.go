@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -102,11 +103,15 @@ type host struct {
 	tickArmed  bool
 	report     atomic.Pointer[hostReport]
 	notBefore  time.Time // no new handoff out before this (after a failure)
-	target     string    // node ID the partition is being handed to
-	sealEpoch  uint64
-	movedTo    string // actor transport address the partition went to
-	movedEpoch uint64
-	cancel     context.CancelFunc // of the transfer or resolution in flight
+	drainStart time.Time // when the handoff in progress began
+	// lastHandoff is how long the last handoff out took, from the moment
+	// requests started waiting to the new owner's "serving" (nanoseconds).
+	lastHandoff atomic.Int64
+	target      string // node ID the partition is being handed to
+	sealEpoch   uint64
+	movedTo     string // actor transport address the partition went to
+	movedEpoch  uint64
+	cancel      context.CancelFunc // of the transfer or resolution in flight
 
 	in          *incoming // transfer arriving here
 	refusedUpTo uint64    // transfers of this epoch or older are refused
@@ -182,6 +187,8 @@ func (h *host) Receive(ctx actor.Context) {
 		ctx.Respond(h.receiveBegin(m))
 	case *clusterpb.HandoffChunk:
 		ctx.Respond(h.receiveChunk(m))
+	case *clusterpb.HandoffBlob:
+		ctx.Respond(h.receiveBlob(m))
 	case *clusterpb.HandoffCommit:
 		ctx.Respond(h.receiveCommit(ctx, m))
 	case *clusterpb.HandoffQuery:
@@ -401,6 +408,7 @@ func (h *host) beginHandoff(ctx actor.Context, to *clusterpb.Member) {
 		return
 	}
 	h.state = hostDraining
+	h.drainStart = time.Now()
 	h.target = to.NodeId
 	for id, pid := range h.children {
 		delete(h.children, id)
@@ -463,9 +471,11 @@ func (h *host) handoffDone(ctx actor.Context, m *handoffDone) {
 		h.state = hostAbsent
 		h.movedTo, h.movedEpoch = h.node.rpcAddrOf(to), m.epoch
 		h.target = ""
+		took := time.Since(h.drainStart)
+		h.lastHandoff.Store(int64(took))
 		h.publish()
 		h.node.log.Info("cluster: partition handed over", slog.Int("partition", int(h.partition)),
-			slog.String("to", to), slog.Uint64("epoch", m.epoch))
+			slog.String("to", to), slog.Uint64("epoch", m.epoch), slog.Duration("took", took))
 		h.release(ctx)
 		return
 	}
@@ -515,11 +525,25 @@ func (h *host) resolve(ctx actor.Context) {
 type incoming struct {
 	epoch uint64
 	from  string
-	path  string
+	path  string // the partition file being received
 	file  *os.File
 	hash  hash.Hash
 	size  uint64
 	start time.Time
+
+	blobDir string  // where media blobs are received
+	blob    *blobIn // the blob being received
+	blobs   uint32  // blobs received whole
+	bytes   uint64  // everything received
+}
+
+// blobIn is a media blob being received.
+type blobIn struct {
+	sum  string
+	path string
+	file *os.File
+	hash hash.Hash
+	size uint64
 }
 
 func (h *host) receiveBegin(m *clusterpb.HandoffBegin) *clusterpb.HandoffAck {
@@ -544,7 +568,8 @@ func (h *host) receiveBegin(m *clusterpb.HandoffBegin) *clusterpb.HandoffAck {
 	if err != nil {
 		return &clusterpb.HandoffAck{Error: err.Error()}
 	}
-	h.in = &incoming{epoch: m.Epoch, from: m.FromNode, path: path, file: f, hash: sha256.New(), start: time.Now()}
+	h.in = &incoming{epoch: m.Epoch, from: m.FromNode, path: path, file: f, hash: sha256.New(), start: time.Now(),
+		blobDir: path + ".media"}
 	h.state = hostReceiving
 	h.node.trackIncoming(h.partition, m.FromNode, m.Epoch, 0)
 	h.publish()
@@ -565,7 +590,71 @@ func (h *host) receiveChunk(m *clusterpb.HandoffChunk) *clusterpb.HandoffAck {
 	}
 	h.in.hash.Write(m.Data)
 	h.in.size += uint64(len(m.Data))
-	h.node.trackIncoming(h.partition, h.in.from, h.in.epoch, h.in.size)
+	h.in.bytes += uint64(len(m.Data))
+	h.node.trackIncoming(h.partition, h.in.from, h.in.epoch, h.in.bytes)
+	return &clusterpb.HandoffAck{Ok: true}
+}
+
+// receiveBlob writes the next piece of a media blob and, on its last
+// piece, checks that its content has the SHA-256 it is named by.
+func (h *host) receiveBlob(m *clusterpb.HandoffBlob) *clusterpb.HandoffAck {
+	in := h.in
+	if in == nil || in.epoch != m.Epoch {
+		return &clusterpb.HandoffAck{Error: "no transfer under way at this epoch"}
+	}
+	fail := func(err error) *clusterpb.HandoffAck {
+		h.abortIncoming()
+		return &clusterpb.HandoffAck{Error: err.Error()}
+	}
+	if !storage.ValidBlobSum(m.Sha256) {
+		return fail(fmt.Errorf("bad blob name %q", m.Sha256))
+	}
+	b := in.blob
+	if b == nil {
+		if m.Offset != 0 {
+			return fail(fmt.Errorf("blob %s starts at offset %d", m.Sha256, m.Offset))
+		}
+		dir := filepath.Join(in.blobDir, m.Sha256[:2])
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fail(err)
+		}
+		path := filepath.Join(dir, m.Sha256)
+		f, err := os.OpenFile(path+".part", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fail(err)
+		}
+		b = &blobIn{sum: m.Sha256, path: path, file: f, hash: sha256.New()}
+		in.blob = b
+	}
+	if b.sum != m.Sha256 || m.Offset != b.size {
+		return fail(fmt.Errorf("blob %s at offset %d, expected blob %s at %d", m.Sha256, m.Offset, b.sum, b.size))
+	}
+	if _, err := b.file.Write(m.Data); err != nil {
+		return fail(err)
+	}
+	b.hash.Write(m.Data)
+	b.size += uint64(len(m.Data))
+	in.bytes += uint64(len(m.Data))
+	h.node.trackIncoming(h.partition, in.from, in.epoch, in.bytes)
+	if !m.Last {
+		return &clusterpb.HandoffAck{Ok: true}
+	}
+	if hex.EncodeToString(b.hash.Sum(nil)) != b.sum {
+		return fail(fmt.Errorf("blob %s arrived with another SHA-256", b.sum))
+	}
+	if err := b.file.Sync(); err != nil {
+		return fail(err)
+	}
+	err := b.file.Close()
+	b.file = nil
+	if err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(b.path+".part", b.path); err != nil {
+		return fail(err)
+	}
+	in.blob = nil
+	in.blobs++
 	return &clusterpb.HandoffAck{Ok: true}
 }
 
@@ -590,6 +679,9 @@ func (h *host) receiveCommit(ctx actor.Context, m *clusterpb.HandoffCommit) *clu
 	if sum := in.hash.Sum(nil); string(sum) != string(m.Sha256) {
 		return fail(errors.New("SHA-256 of the received file does not match the sender's"))
 	}
+	if in.blob != nil || in.blobs != m.Blobs {
+		return fail(fmt.Errorf("received %d whole media blobs, sender sent %d", in.blobs, m.Blobs))
+	}
 	if err := in.file.Sync(); err != nil {
 		return fail(err)
 	}
@@ -597,12 +689,12 @@ func (h *host) receiveCommit(ctx actor.Context, m *clusterpb.HandoffCommit) *clu
 		return fail(err)
 	}
 	in.file = nil
-	f, err := os.Open(in.path)
-	if err != nil {
+	// Blobs first: a partition served here must find every blob its
+	// records name.
+	if err := h.node.store.InstallBlobs(h.partition, in.blobDir); err != nil {
 		return fail(err)
 	}
-	part, err := h.node.store.Restore(h.partition, f)
-	_ = f.Close()
+	part, err := h.node.store.Install(h.partition, in.path)
 	if err != nil {
 		return fail(err)
 	}
@@ -611,9 +703,10 @@ func (h *host) receiveCommit(ctx actor.Context, m *clusterpb.HandoffCommit) *clu
 		// serves it until a restart unseals it.
 		h.node.log.Error("cluster: unseal received partition", slog.Int("partition", int(h.partition)), slog.Any("err", err))
 	}
-	h.abortIncoming() // removes the temporary file
+	h.abortIncoming() // the file has moved; this forgets the transfer
 	h.node.log.Info("cluster: partition received", slog.Int("partition", int(h.partition)), slog.String("from", in.from),
-		slog.Uint64("epoch", part.Epoch()), slog.Uint64("bytes", in.size), slog.Duration("took", time.Since(in.start)))
+		slog.Uint64("epoch", part.Epoch()), slog.Uint64("bytes", in.bytes), slog.Int("blobs", int(in.blobs)),
+		slog.Duration("took", time.Since(in.start)))
 	h.serve(ctx, part)
 	return &clusterpb.HandoffAck{Ok: true, Held: true, Epoch: part.Epoch()}
 }
@@ -642,7 +735,11 @@ func (h *host) abortIncoming() {
 	if h.in.file != nil {
 		_ = h.in.file.Close()
 	}
+	if h.in.blob != nil && h.in.blob.file != nil {
+		_ = h.in.blob.file.Close()
+	}
 	_ = os.Remove(h.in.path)
+	_ = os.RemoveAll(h.in.blobDir)
 	h.node.untrackIncoming(h.partition)
 	h.in = nil
 	if h.state == hostReceiving {

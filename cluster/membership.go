@@ -88,8 +88,9 @@ type membership struct {
 	nodeID     string
 	serverName string
 	partitions uint32
-	changed    func()            // called (without locks held) after the view changed
+	changed    func()           // called (without locks held) after the view changed
 	lost       func(rpc string) // called (without locks held) when a node stops being reachable
+	back       func(rpc string) // called (without locks held) when a node becomes reachable
 
 	ml *memberlist.Memberlist
 
@@ -178,6 +179,11 @@ func (m *membership) start(rpcAddr string) error {
 	c.Alive = m
 	c.Conflict = m
 	c.PushPullInterval = 10 * time.Second
+	// A small cluster has few peers to confirm a suspicion, which keeps a
+	// dead node suspected for up to SuspicionMaxTimeoutMult times the
+	// base timeout (4 s): cap it at twice, so a crash is noticed in
+	// seconds, not half a minute.
+	c.SuspicionMaxTimeoutMult = 2
 	// A node that restarts on another address may take its name back once
 	// the old address is known dead.
 	c.DeadNodeReclaimTime = 5 * time.Second
@@ -194,7 +200,11 @@ func (m *membership) start(rpcAddr string) error {
 	}
 	m.ml = ml
 	m.mu.Lock()
+	// The gossip address is known only now: a new incarnation carries it,
+	// so that no peer keeps the entry made before it.
 	m.self.GossipAddr = ml.LocalNode().Address()
+	m.self.Incarnation++
+	m.dirty = true
 	m.rebuildLocked()
 	m.mu.Unlock()
 	return m.announce()
@@ -573,6 +583,9 @@ func (m *membership) nodeEvent(n *memberlist.Node, alive bool) {
 	m.mu.Unlock()
 	if was && !alive && rpc != "" {
 		m.lost(rpc)
+	}
+	if !was && alive && rpc != "" {
+		m.back(rpc)
 	}
 	if changed {
 		m.changed()

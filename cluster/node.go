@@ -33,16 +33,13 @@ type Config struct {
 	DataDir    string
 	Partitions uint32 // fixed when the cluster is created
 	Kinds      map[string]Producer
-	// Server is the identity the actors sign with. When nil, LoadServer is
-	// called to get it once the node has the cluster's shared files (a
-	// joining node receives them from the cluster first), and ServerName
-	// says which server name it will have.
+	// Server is the identity the actors sign with. Join, which runs before
+	// the identity is known, takes its server name from ServerName.
 	Server     *actors.ServerIdentity
-	LoadServer func() (*actors.ServerIdentity, error)
 	ServerName string
 	// SharedFiles name the files of DataDir that are the same on every node
-	// (the signing key, ...): the first node makes them (through
-	// LoadServer), every joining node receives them.
+	// of a cluster (the signing key, ...): the first node makes them itself,
+	// every joining node receives them in Join.
 	SharedFiles []string
 	Log         *slog.Logger
 	Now         func() time.Time
@@ -91,14 +88,17 @@ type Node struct {
 	// down is closed when the node's transport and actor system go down:
 	// requests still waiting then cannot get their answer any more.
 	down chan struct{}
-	wg     sync.WaitGroup
-	kick   chan struct{}
+	wg   sync.WaitGroup
+	kick chan struct{}
 
 	peersMu sync.Mutex
 	peers   map[string]chan struct{} // actor transport address → closed when the peer is lost
+	lostAt  map[string]time.Time     // actor transport address → when its connection last broke
 
 	xfersMu sync.Mutex
 	xfers   map[uint32]*transfer // partitions in flight, to or from this node
+
+	founding bool // this node founds its cluster (Join → Run)
 
 	leaveMu  sync.Mutex
 	leaving  bool
@@ -116,8 +116,56 @@ var _ actors.Router = (*Node)(nil)
 // Start opens the node's partitions and starts their hosts. A one-node
 // cluster holds every partition; a clustered node joins (or founds) its
 // cluster, holds the partitions it held when it stopped, and from then on
-// gives and takes partitions as members come and go.
+// gives and takes partitions as members come and go. Start is Join then Run.
 func Start(cfg Config) (*Node, error) {
+	if cfg.Server == nil {
+		return nil, errors.New("cluster: no server identity")
+	}
+	if cfg.Cluster == nil {
+		n, err := newNode(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if err := n.startLocal(); err != nil {
+			_ = n.Stop(context.Background())
+			return nil, err
+		}
+		return n, nil
+	}
+	n, err := Join(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.Run(cfg.Server, cfg.Kinds, cfg.Storage); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Join begins a clustered node (cfg.Cluster set): it starts the actor
+// transport and gossip and joins the cluster, or founds it. A node joining
+// for the first time receives the cluster's shared files into its data dir,
+// so that what Run needs (the server identity) can be loaded from there.
+// The node serves nothing until Run; Stop it if Run is not called.
+func Join(cfg Config) (*Node, error) {
+	if cfg.Cluster == nil {
+		return nil, errors.New("cluster: Join needs the cluster settings")
+	}
+	if cfg.Server != nil {
+		cfg.ServerName = cfg.Server.ServerName
+	}
+	n, err := newNode(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.join(); err != nil {
+		_ = n.Stop(context.Background())
+		return nil, err
+	}
+	return n, nil
+}
+
+func newNode(cfg Config) (*Node, error) {
 	if cfg.Partitions == 0 {
 		return nil, errors.New("cluster: partition count must be positive")
 	}
@@ -133,9 +181,6 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = 30 * time.Second
 	}
-	if cfg.Server == nil && cfg.LoadServer == nil {
-		return nil, errors.New("cluster: no server identity")
-	}
 	if err := checkPartitionCount(cfg.DataDir, cfg.Partitions); err != nil {
 		return nil, err
 	}
@@ -148,22 +193,13 @@ func Start(cfg Config) (*Node, error) {
 		states: make([]*host, cfg.Partitions),
 		kick:   make(chan struct{}, 1),
 		peers:  map[string]chan struct{}{},
+		lostAt: map[string]time.Time{},
 		xfers:  map[uint32]*transfer{},
 		left:   make(chan struct{}),
 		down:   make(chan struct{}),
 	}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.system = actor.NewActorSystem(actor.WithLoggerFactory(quietLogger(cfg.Log)))
-	var err error
-	if cfg.Cluster == nil {
-		err = n.startLocal()
-	} else {
-		err = n.startClustered()
-	}
-	if err != nil {
-		_ = n.Stop(context.Background())
-		return nil, err
-	}
 	return n, nil
 }
 
@@ -173,9 +209,6 @@ func (n *Node) startLocal() error {
 		return err
 	} else if saved != nil {
 		return fmt.Errorf("cluster: data dir %s belongs to cluster %q: start it with its cluster settings (--cluster-listen, --cluster-secret)", n.cfg.DataDir, saved.ClusterName)
-	}
-	if err := n.loadServer(); err != nil {
-		return err
 	}
 	ids := make([]uint32, n.cfg.Partitions)
 	for i := range ids {
@@ -198,8 +231,8 @@ func (n *Node) startLocal() error {
 	return nil
 }
 
-// startClustered joins or founds the cluster, then starts the hosts.
-func (n *Node) startClustered() error {
+// join joins or founds the cluster.
+func (n *Node) join() error {
 	cc := n.cfg.Cluster
 	dir := n.cfg.DataDir
 	if cc.Name == "" {
@@ -227,6 +260,7 @@ func (n *Node) startClustered() error {
 	}
 	founding := saved == nil && len(cc.Join) == 0
 	joining := saved == nil && len(cc.Join) > 0
+	n.founding = founding
 	if joining && len(files) > 0 {
 		return fmt.Errorf("cluster: data dir %s holds partitions but belongs to no cluster: it cannot join one (start it without --join to found a cluster with its data)", dir)
 	}
@@ -245,14 +279,18 @@ func (n *Node) startClustered() error {
 	}
 	n.remote = r
 	n.system.EventStream.Subscribe(func(evt any) {
-		if e, ok := evt.(*remote.EndpointTerminatedEvent); ok {
+		switch e := evt.(type) {
+		case *remote.EndpointTerminatedEvent:
 			n.peerLost(e.Address)
+		case *remote.EndpointConnectedEvent:
+			n.peerBack(e.Address)
 		}
 	})
 
-	mem := newMembership(*cc, dir, id, n.serverName(), n.cfg.Partitions, saved, n.log)
+	mem := newMembership(*cc, dir, id, n.cfg.ServerName, n.cfg.Partitions, saved, n.log)
 	mem.changed = n.kickReconciler
 	mem.lost = n.peerLost
+	mem.back = n.peerBack
 	n.mem = mem
 	if err := mem.start(rpcAddr); err != nil {
 		return err
@@ -288,15 +326,43 @@ func (n *Node) startClustered() error {
 			}
 		}
 	}
-	if err := n.loadServer(); err != nil {
+	return nil
+}
+
+// Run completes a node begun with Join: it opens the partitions this node
+// holds and serves them with the given identity, actor kinds and storage
+// options, then tells the cluster it is ready. On error the node is
+// stopped.
+func (n *Node) Run(server *actors.ServerIdentity, kinds map[string]Producer, opts storage.Options) error {
+	if err := n.run(server, kinds, opts); err != nil {
+		_ = n.Stop(context.Background())
 		return err
 	}
+	return nil
+}
+
+func (n *Node) run(server *actors.ServerIdentity, kinds map[string]Producer, opts storage.Options) error {
+	if n.mem == nil || n.store != nil {
+		return errors.New("cluster: Run follows Join, once")
+	}
+	if server == nil {
+		return errors.New("cluster: no server identity")
+	}
+	if server.ServerName != n.cfg.ServerName {
+		return fmt.Errorf("cluster: server identity for %q, joined as %q", server.ServerName, n.cfg.ServerName)
+	}
+	n.server, n.kinds, n.cfg.Server, n.cfg.Kinds, n.cfg.Storage = server, kinds, server, kinds, opts
+	dir, mem, founding := n.cfg.DataDir, n.mem, n.founding
 	shared, err := readSharedFiles(dir, n.cfg.SharedFiles)
 	if err != nil {
 		return err
 	}
 	mem.setShared(shared)
 
+	files, err := storage.PartitionFiles(dir)
+	if err != nil {
+		return err
+	}
 	open := files
 	if founding {
 		open = make([]uint32, n.cfg.Partitions)
@@ -335,8 +401,9 @@ func (n *Node) startClustered() error {
 	if err := mem.setReady(); err != nil {
 		n.log.Warn("cluster: announce readiness", slog.Any("err", err))
 	}
-	n.log.Info("cluster: node running", slog.String("cluster", cc.Name), slog.String("cluster_id", mem.id()),
-		slog.String("gossip", mem.selfEntry().GossipAddr), slog.String("rpc", rpcAddr), slog.Int("partitions_held", len(open)))
+	self := mem.selfEntry()
+	n.log.Info("cluster: node running", slog.String("cluster", n.cfg.Cluster.Name), slog.String("cluster_id", mem.id()),
+		slog.String("gossip", self.GossipAddr), slog.String("rpc", self.RpcAddr), slog.Int("partitions_held", len(open)))
 	return nil
 }
 
@@ -380,25 +447,6 @@ func (n *Node) spawnHost(h *host) error {
 	n.hosts[h.partition] = pid
 	n.states[h.partition] = h
 	return nil
-}
-
-func (n *Node) loadServer() error {
-	if n.server != nil {
-		return nil
-	}
-	s, err := n.cfg.LoadServer()
-	if err != nil {
-		return err
-	}
-	n.server = s
-	return nil
-}
-
-func (n *Node) serverName() string {
-	if n.cfg.Server != nil {
-		return n.cfg.Server.ServerName
-	}
-	return n.cfg.ServerName
 }
 
 func rpcListenAddr(cc *ClusterConfig) (string, error) {
@@ -511,6 +559,11 @@ func (n *Node) route(p uint32) (*actor.PID, <-chan struct{}, error) {
 		return nil, nil, unavailableErr(fmt.Sprintf("the node holding partition %d is unreachable", p))
 	}
 	addr := v.members[owner].RpcAddr
+	if n.recentlyLost(addr) {
+		// Its connection just broke (a crash, before gossip has noticed):
+		// answer at once rather than wait on a connection attempt.
+		return nil, nil, unavailableErr(fmt.Sprintf("the node holding partition %d is unreachable", p))
+	}
 	return actor.NewPID(addr, hostName(p)), n.peerDone(addr), nil
 }
 
@@ -585,7 +638,7 @@ func (n *Node) Send(msg pb.Targeted) {
 	p := storage.PartitionOf(msg.ActorIdentity(), n.cfg.Partitions)
 	pid, _, err := n.route(p)
 	if err != nil {
-		n.log.Warn("cluster: dropping message for unavailable partition", slog.String("to", msg.ActorIdentity()))
+		n.log.Debug("cluster: dropping message for unavailable partition", slog.String("to", msg.ActorIdentity()))
 		return
 	}
 	n.system.Root.Send(pid, msg)
@@ -643,15 +696,40 @@ func (n *Node) peerDone(addr string) <-chan struct{} {
 }
 
 // peerLost fails the requests waiting on addr: its transport connection
-// broke or membership declared the node gone.
+// broke or membership declared the node gone. For a few seconds requests
+// are not sent there.
 func (n *Node) peerLost(addr string) {
 	n.peersMu.Lock()
 	ch, ok := n.peers[addr]
 	delete(n.peers, addr)
+	n.lostAt[addr] = time.Now()
 	n.peersMu.Unlock()
 	if ok {
 		close(ch)
 	}
+}
+
+// lostFor is how long after its connection broke a node is not sent
+// requests (unless gossip says it is back first).
+const lostFor = 3 * time.Second
+
+func (n *Node) recentlyLost(addr string) bool {
+	n.peersMu.Lock()
+	defer n.peersMu.Unlock()
+	at, ok := n.lostAt[addr]
+	if ok && time.Since(at) > lostFor {
+		delete(n.lostAt, addr)
+		return false
+	}
+	return ok
+}
+
+// peerBack forgets that addr was lost: gossip saw the node come (back), or
+// the transport connected to it.
+func (n *Node) peerBack(addr string) {
+	n.peersMu.Lock()
+	delete(n.lostAt, addr)
+	n.peersMu.Unlock()
 }
 
 // expects reports whether partition p belongs on this node.
@@ -779,12 +857,30 @@ func (n *Node) holdsAny() bool {
 // returns once done, or with ctx's error, in which case the node stays a
 // member and gets its share back. Left is closed once it has left.
 func (n *Node) Leave(ctx context.Context) error {
+	if err := n.beginLeave(); err != nil {
+		return err
+	}
+	return n.finishLeave(ctx)
+}
+
+// StartLeave begins leaving and returns at once; the result of the leave
+// (see Leave) comes on the channel.
+func (n *Node) StartLeave(ctx context.Context) (<-chan error, error) {
+	if err := n.beginLeave(); err != nil {
+		return nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.finishLeave(ctx) }()
+	return done, nil
+}
+
+func (n *Node) beginLeave() error {
 	if n.mem == nil {
 		return errors.New("cluster: a one-node server has no cluster to leave")
 	}
 	n.leaveMu.Lock()
+	defer n.leaveMu.Unlock()
 	if n.leaving {
-		n.leaveMu.Unlock()
 		return errors.New("cluster: already leaving")
 	}
 	v := n.mem.view.Load()
@@ -795,30 +891,38 @@ func (n *Node) Leave(ctx context.Context) error {
 		}
 	}
 	if others == 0 {
-		n.leaveMu.Unlock()
 		return errors.New("cluster: the last member cannot leave: its partitions would have nowhere to go")
 	}
 	n.leaving = true
-	n.leaveMu.Unlock()
 	n.log.Info("cluster: leaving; handing over every partition")
 	if err := n.mem.setStatus(clusterpb.MemberStatus_LEAVING); err != nil {
+		n.leaving = false
 		return err
 	}
+	return nil
+}
+
+func (n *Node) finishLeave(ctx context.Context) error {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for n.holdsAny() {
 		select {
 		case <-ctx.Done():
-			n.leaveMu.Lock()
-			n.leaving = false
-			n.leaveMu.Unlock()
-			if err := n.mem.setStatus(clusterpb.MemberStatus_MEMBER); err != nil {
-				n.log.Warn("cluster: rejoin after a failed leave", slog.Any("err", err))
-			}
-			return fmt.Errorf("cluster: leave: %w", ctx.Err())
+		case <-n.ctx.Done():
 		case <-t.C:
 			n.kickReconciler()
+			continue
 		}
+		n.leaveMu.Lock()
+		n.leaving = false
+		n.leaveMu.Unlock()
+		if err := n.mem.setStatus(clusterpb.MemberStatus_MEMBER); err != nil {
+			n.log.Warn("cluster: rejoin after a failed leave", slog.Any("err", err))
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("cluster: leave: %w", ctx.Err())
+		}
+		return errors.New("cluster: leave: the node stopped")
 	}
 	if err := n.mem.setStatus(clusterpb.MemberStatus_LEFT); err != nil {
 		return err

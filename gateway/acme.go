@@ -135,11 +135,22 @@ func (m *certManager) tlsConfig() *tls.Config {
 	return tc
 }
 
-// stop ends renewals and lets go of held locks.
-func (m *certManager) stop() {
+// stop ends renewals and lets go of held locks, waiting (bounded by ctx)
+// for certmagic's maintenance to notice.
+func (m *certManager) stop(ctx context.Context) error {
 	if m.cancel != nil {
 		m.cancel()
 	}
-	m.cache.Stop()
 	m.store.release()
+	done := make(chan struct{})
+	go func() {
+		m.cache.Stop()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("gateway: stop certificate maintenance: %w", ctx.Err())
+	}
 }

@@ -35,8 +35,9 @@ type certStore struct {
 	poll time.Duration
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	held map[string]context.CancelFunc // lock name → stops its lease renewal
+	mu     sync.Mutex
+	held   map[string]context.CancelFunc // lock name → stops its lease renewal
+	closed chan struct{}                 // closed by release: waits for locks end
 }
 
 var (
@@ -56,7 +57,7 @@ func newCertStore(router actors.Router, store string, lease time.Duration, log *
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return &certStore{router: router, store: store, owner: hex.EncodeToString(b), lease: lease,
-		poll: min(lease/4, time.Second), log: log, held: map[string]context.CancelFunc{}}
+		poll: min(lease/4, time.Second), log: log, held: map[string]context.CancelFunc{}, closed: make(chan struct{})}
 }
 
 // notExist turns the actor's M_NOT_FOUND into the fs.ErrNotExist certmagic
@@ -153,6 +154,9 @@ func (c *certStore) Lock(ctx context.Context, name string) error {
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("certificate store: lock %s: %w", name, ctx.Err())
+		case <-c.closed:
+			t.Stop()
+			return fmt.Errorf("certificate store: lock %s: node stopping", name)
 		case <-t.C:
 		}
 	}
@@ -227,10 +231,16 @@ func (c *certStore) RenewLockLease(ctx context.Context, name string, lease time.
 	return nil
 }
 
-// release stops every lease renewal (at shutdown; the leases then run out).
+// release stops every lease renewal and every wait for a lock (at
+// shutdown; the leases then run out).
 func (c *certStore) release() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	select {
+	case <-c.closed:
+	default:
+		close(c.closed)
+	}
 	for name, stop := range c.held {
 		stop()
 		delete(c.held, name)

@@ -292,8 +292,12 @@ func (s *Server) logoutDevices(ctx context.Context, userID string, devices []str
 	if err != nil {
 		return err
 	}
-	_, err = s.accountUpdate(ctx, &pb.AccountUpdate{UserId: userID, Kind: "remove_devices", Value: list})
-	return err
+	if _, err = s.accountUpdate(ctx, &pb.AccountUpdate{UserId: userID, Kind: "remove_devices", Value: list}); err != nil {
+		return err
+	}
+	// The devices' keys went with them: whoever shares a room must know.
+	s.notifyDeviceListChange(ctx, userID)
+	return nil
 }
 
 // userDevices lists the user's device IDs.
@@ -984,6 +988,8 @@ func (s *Server) handleUpdateDevice(w http.ResponseWriter, r *http.Request, sess
 		writeError(w, r, err)
 		return
 	}
+	// The name is part of the device keys others query (unsigned).
+	s.notifyDeviceListChange(ctx, sess.UserID)
 	writeJSON(w, http.StatusOK, map[string]any{})
 }
 

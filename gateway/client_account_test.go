@@ -418,7 +418,7 @@ func TestErrorTable(t *testing.T) {
 		{"bad presence", "PUT", "/_matrix/client/v3/presence/@alice:" + acctServerName + "/status", tok, map[string]any{"presence": "busy"}, 400, "M_INVALID_PARAM"},
 		{"someone else's profile", "PUT", "/_matrix/client/v3/profile/@bob:" + acctServerName + "/displayname", tok, map[string]any{"displayname": "x"}, 403, "M_FORBIDDEN"},
 		{"unknown user's profile", "GET", "/_matrix/client/v3/profile/@nobody:" + acctServerName, "", nil, 404, "M_NOT_FOUND"},
-		{"remote user's profile", "GET", "/_matrix/client/v3/profile/@carl:elsewhere.test", "", nil, 404, "M_NOT_FOUND"},
+		{"unreachable remote user's profile", "GET", "/_matrix/client/v3/profile/@carl:elsewhere.test", "", nil, 502, "M_UNKNOWN"},
 		{"invalid profile key", "PUT", "/_matrix/client/v3/profile/@alice:" + acctServerName + "/Bad-Key", tok, map[string]any{"Bad-Key": 1}, 400, "M_INVALID_PARAM"},
 		{"profile key too long", "PUT", "/_matrix/client/v3/profile/@alice:" + acctServerName + "/a." + strings.Repeat("b", 300), tok, map[string]any{}, 400, "M_KEY_TOO_LARGE"},
 		{"profile field missing from body", "PUT", "/_matrix/client/v3/profile/@alice:" + acctServerName + "/displayname", tok, map[string]any{"avatar_url": "x"}, 400, "M_MISSING_PARAM"},

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -20,6 +21,7 @@ const (
 	maxTimeline        = 1000
 	syncRoomFanout     = 16 // concurrent room reads per sync
 	syncRequestHeadway = 10 * time.Second
+	maxInboxPerSync    = 100 // to-device messages per sync
 )
 
 func (s *Server) registerSync() {
@@ -181,6 +183,13 @@ type syncResponse struct {
 	Rooms       *syncRooms     `json:"rooms,omitempty"`
 	AccountData *eventsWrapper `json:"account_data,omitempty"`
 	Presence    *eventsWrapper `json:"presence,omitempty"`
+	// End-to-end encryption (client_keys.go).
+	ToDevice         *eventsWrapper  `json:"to_device,omitempty"`
+	DeviceLists      json.RawMessage `json:"device_lists,omitempty"`
+	OneTimeKeysCount map[string]int  `json:"device_one_time_keys_count,omitempty"`
+	// A pointer so that an empty list is sent (clients read its absence
+	// as "no fallback key support") yet nothing is sent when unread.
+	UnusedFallbackKeyTypes *[]string `json:"device_unused_fallback_key_types,omitempty"`
 }
 
 type syncRooms struct {
@@ -225,18 +234,32 @@ func (s *Server) sync(ctx context.Context, sess *Session, since string, timeout 
 			limit = int32(max(1, min(*tl.Limit, maxTimeline)))
 		}
 	}
+	// The token's to-device part acknowledges the messages it covers.
+	since, ack := splitSyncToken(since)
 	for {
 		remaining := time.Until(deadline)
 		if remaining < 0 {
 			remaining = 0
 		}
+		inbox, err := s.readInbox(ctx, sess, ack, maxInboxPerSync)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			// The device's partition may be in flight: sync without its
+			// part (the token keeps the acknowledged position).
+			inbox = &deviceInbox{Latest: math.MaxUint64, unread: true}
+		}
+		if len(inbox.Events) > 0 {
+			remaining = 0 // messages are waiting: answer now
+		}
 		planCtx, cancelPlan := context.WithTimeout(ctx, remaining+syncRequestHeadway)
 		res, err := s.router.Request(planCtx, &pb.SyncPlan{UserId: sess.UserID, DeviceId: sess.DeviceID, Since: since,
-			TimeoutMs: remaining.Milliseconds(), FullState: fullState})
+			TimeoutMs: remaining.Milliseconds(), FullState: fullState, ToDeviceSeen: inbox.Latest})
 		cancelPlan()
 		if err != nil {
 			if s.stopCtx.Err() != nil && since != "" {
-				return &syncResponse{NextBatch: since}, nil
+				return &syncResponse{NextBatch: joinSyncToken(since, ack)}, nil
 			}
 			return nil, err
 		}
@@ -256,7 +279,22 @@ func (s *Server) sync(ctx context.Context, sess *Session, since string, timeout 
 		if !ok {
 			return nil, actors.ErrUnknown("unexpected sync reply")
 		}
-		resp.NextBatch = dr.NextBatch
+		if len(inbox.Events) == 0 && remaining > 0 {
+			// The wait may have ended for new messages: read them.
+			if again, err := s.readInbox(ctx, sess, ack, maxInboxPerSync); err == nil {
+				inbox = again
+			}
+		}
+		inbox.addTo(resp)
+		resp.DeviceLists = plan.DeviceLists
+		if since != "" {
+			resp.DeviceLists = s.withLeftUsers(ctx, sess, resp, withJoinedUsers(resp, plan.DeviceLists, sess.UserID))
+		}
+		next := ack
+		if len(inbox.Events) > 0 {
+			next = inbox.Last
+		}
+		resp.NextBatch = joinSyncToken(dr.NextBatch, next)
 		// Rooms the user actor could only guess at (after a restart) may all
 		// have been unchanged: keep waiting rather than answer nothing early.
 		if !resp.empty() || since == "" || fullState || time.Until(deadline) <= 0 || ctx.Err() != nil {
@@ -267,7 +305,7 @@ func (s *Server) sync(ctx context.Context, sess *Session, since string, timeout 
 }
 
 func (r *syncResponse) empty() bool {
-	return r.Rooms == nil && r.AccountData == nil && r.Presence == nil
+	return r.Rooms == nil && r.AccountData == nil && r.Presence == nil && r.ToDevice == nil && len(r.DeviceLists) == 0
 }
 
 func (s *Server) gatherRooms(ctx context.Context, sess *Session, plan *pb.SyncPlanReply, fullState bool,

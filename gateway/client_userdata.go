@@ -57,21 +57,21 @@ func (s *Server) registerUserData() {
 
 // ---- profiles ----
 
-// profileUser checks the user ID of a profile request: a valid ID of a
-// local user (remote profiles come with federation; until then they are
-// not found).
+// profileUser checks the user ID of a profile request.
 func (s *Server) profileUser(r *http.Request) (string, error) {
 	userID := r.PathValue("userId")
 	if eventgraph.ValidateUserID(userID) != nil {
 		return "", actors.ErrInvalidParam("invalid user ID")
 	}
-	if !s.isLocalUser(userID) {
-		return "", actors.ErrNotFound("profile not found")
-	}
 	return userID, nil
 }
 
+// profile reads a local user's profile from its user actor, a remote
+// user's over federation.
 func (s *Server) profile(ctx context.Context, userID string) (map[string]json.RawMessage, error) {
+	if !s.isLocalUser(userID) {
+		return s.remoteProfile(ctx, userID)
+	}
 	rep, err := s.accountQuery(ctx, &pb.AccountQuery{UserId: userID, Kind: "profile"})
 	if err != nil {
 		return nil, err

@@ -1,8 +1,12 @@
 // Package gateway is every byte shoal puts on the wire: the listeners (plain
-// HTTP for development, HTTPS with TLS, later HTTP/3), the routing of
+// HTTP for development; HTTPS over TCP and HTTP/3 over QUIC on the same
+// port, advertised by Alt-Svc; an admin listener for metrics, pprof and the
+// cluster's status and leave endpoints),
+// certificates (the operator's, self-signed, or certmagic's by ACME, kept
+// in the certs actor so a cluster shares them), the routing of
 // /_matrix/client, /_matrix/federation, /_matrix/key, /_matrix/media and
 // /.well-known, the authentication of clients, JSON in and out with the
-// spec's errors, and CORS.
+// spec's errors, CORS, and the limits: rate, concurrency, sizes, timeouts.
 //
 // A handler decodes and bounds its input, turns it into messages to the
 // actors that own the data (through actors.Router, so it never knows which

@@ -20,6 +20,16 @@ func (s *Server) registerKeys() {
 
 // handleServerKeys publishes the cluster's signing key, self-signed.
 func (s *Server) handleServerKeys(w http.ResponseWriter, r *http.Request) {
+	signed, err := s.ownKeyResponse()
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, signed)
+}
+
+// ownKeyResponse is our key response, self-signed.
+func (s *Server) ownKeyResponse() ([]byte, error) {
 	pub := s.server.PrivateKey.Public().(ed25519.PublicKey)
 	body, err := json.Marshal(map[string]any{
 		"server_name":     s.server.ServerName,
@@ -28,13 +38,7 @@ func (s *Server) handleServerKeys(w http.ResponseWriter, r *http.Request) {
 		"old_verify_keys": map[string]any{},
 	})
 	if err != nil {
-		writeError(w, r, err)
-		return
+		return nil, err
 	}
-	signed, err := eventgraph.SignJSON(body, s.server.ServerName, s.server.KeyID, s.server.PrivateKey)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, signed)
+	return eventgraph.SignJSON(body, s.server.ServerName, s.server.KeyID, s.server.PrivateKey)
 }

@@ -162,6 +162,46 @@ func TestConcurrentRequestLimit(t *testing.T) {
 	}
 }
 
+// Before authentication the limit is per address (with rate limits on):
+// two logins whose bodies trickle in hold both slots of 127.0.0.1.
+func TestConcurrentRequestLimitPerAddress(t *testing.T) {
+	node := shoaltest.Start(t, func(cfg *gateway.NodeConfig) {
+		cfg.Gateway.MaxConcurrent = 2
+		cfg.Gateway.RateLimit = true
+	})
+	var writers []*io.PipeWriter
+	done := make(chan int, 2)
+	for range 2 {
+		pr, pw := io.Pipe()
+		writers = append(writers, pw)
+		go func() {
+			req, _ := http.NewRequest("POST", node.BaseURL+"/_matrix/client/v3/login", pr)
+			resp, err := http.DefaultTransport.RoundTrip(req)
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+		_, _ = pw.Write([]byte(`{"type":`))
+	}
+	time.Sleep(500 * time.Millisecond)
+	expectLimited(t, http.DefaultTransport, "GET", node.BaseURL+"/_matrix/client/v3/login", "", nil)
+	for _, pw := range writers {
+		_, _ = pw.Write([]byte(`"m.login.bogus"}`))
+		pw.Close()
+	}
+	for range 2 {
+		if status := <-done; status != http.StatusBadRequest {
+			t.Fatalf("trickled login: %d", status)
+		}
+	}
+	if status, _, _ := jsonCall(t, http.DefaultTransport, "GET", node.BaseURL+"/_matrix/client/v3/login", "", nil); status != 200 {
+		t.Fatalf("address slots not given back: %d", status)
+	}
+}
+
 // Oversized headers get 431 and oversized bodies 413 M_TOO_LARGE, whether
 // the body announces its length or streams past the limit.
 func TestOversizedHeadersAndBodies(t *testing.T) {

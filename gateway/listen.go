@@ -141,7 +141,7 @@ func (s *Server) ServeQUIC(conn net.PacketConn, tlsConf *tls.Config, federationO
 // ServeAdmin serves the admin API (metrics and pprof) on ln until Shutdown.
 func (s *Server) ServeAdmin(ln net.Listener) error {
 	hs := &http.Server{
-		Handler:           s.metrics.adminHandler(),
+		Handler:           s.adminHandler(),
 		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
 		IdleTimeout:       s.cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),

@@ -17,6 +17,7 @@ import (
 
 	"github.com/shoal-chat/shoal/actors"
 	"github.com/shoal-chat/shoal/cluster"
+	"github.com/shoal-chat/shoal/eventgraph"
 	"github.com/shoal-chat/shoal/storage"
 )
 
@@ -45,6 +46,9 @@ type NodeConfig struct {
 	AdminListen string
 	// Kinds are the actor kinds; nil means all of shoal's.
 	Kinds map[string]cluster.Producer
+	// Cluster makes the node a member of a multi-node cluster; nil runs a
+	// one-node cluster holding every partition.
+	Cluster *cluster.ClusterConfig
 	// Shared, when set, runs this node's gateway on another node's actors
 	// instead of starting its own: a second gateway of one cluster (until
 	// clustering lands, the stand-in for a second node, for tests).
@@ -81,6 +85,18 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("gateway: data dir: %w", err)
 	}
+	// A clustered node joins first: a new member receives the cluster's
+	// signing key and registration secret into its data dir.
+	joined, err := joinCluster(cfg)
+	if err != nil {
+		return nil, err
+	}
+	running := false
+	defer func() {
+		if joined != nil && !running {
+			_ = joined.Stop(context.Background())
+		}
+	}()
 	ident, err := LoadOrCreateSigningKey(cfg.DataDir, cfg.Gateway.ServerName)
 	if err != nil {
 		return nil, err
@@ -96,6 +112,12 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	if kinds == nil {
 		kinds = actors.Kinds()
 	}
+	fed, err := newFederation(cfg.Gateway, ident)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Gateway.Federation.built = fed
+	kinds = withServerKind(kinds, fed)
 	m := newMetrics()
 	storageOpts := cfg.Storage
 	if prev := storageOpts.OnCommit; prev != nil {
@@ -104,7 +126,12 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 		storageOpts.OnCommit = m.observeCommit
 	}
 	cn := cfg.Shared
-	if cn == nil {
+	if joined != nil {
+		if err := joined.Run(ident, kinds, storageOpts); err != nil {
+			return nil, err
+		}
+		cn = joined
+	} else if cn == nil {
 		cn, err = cluster.Start(cluster.Config{
 			DataDir:    cfg.DataDir,
 			Partitions: cfg.Partitions,
@@ -117,6 +144,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 			return nil, err
 		}
 	}
+	running = true
 	m.gaugeFunc("shoal_actors_active", "Actor activations on this node.", func() float64 { return float64(cn.ActiveActors()) })
 	n := &Node{Cluster: cn, log: cfg.Log, errCh: make(chan error, 1), ownsCluster: cfg.Shared == nil}
 	n.Gateway = newServer(cfg.Gateway, cn, ident, m)
@@ -243,7 +271,9 @@ func (n *Node) Stop(ctx context.Context) error {
 		}
 	}
 	if n.certs != nil {
-		n.certs.stop()
+		if err := n.certs.stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if n.Cluster != nil && n.ownsCluster {
 		if err := n.Cluster.Stop(ctx); err != nil {
@@ -263,9 +293,13 @@ func LoadOrCreateSigningKey(dir, serverName string) (*actors.ServerIdentity, err
 		if _, err := rand.Read(seed); err != nil {
 			return nil, fmt.Errorf("gateway: generate signing key: %w", err)
 		}
-		idb := make([]byte, 4)
-		_, _ = rand.Read(idb)
-		keyID := "a_" + base64.RawURLEncoding.EncodeToString(idb)[:4]
+		// Key versions are [a-zA-Z0-9_] only: other servers refuse keys
+		// whose IDs use anything else (base64url's '-' among them).
+		fullID, err := eventgraph.NewKeyID(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("gateway: generate signing key ID: %w", err)
+		}
+		keyID := strings.TrimPrefix(fullID, eventgraph.KeyAlgorithmEd25519+":")
 		data = []byte("ed25519 " + keyID + " " + base64.RawStdEncoding.EncodeToString(seed) + "\n")
 		if err := writeFileAtomic(path, data, 0o600); err != nil {
 			return nil, fmt.Errorf("gateway: write signing key: %w", err)
@@ -276,6 +310,9 @@ func LoadOrCreateSigningKey(dir, serverName string) (*actors.ServerIdentity, err
 	f := strings.Fields(string(data))
 	if len(f) != 3 || f[0] != "ed25519" {
 		return nil, fmt.Errorf("gateway: %s: expected \"ed25519 <key id> <seed>\"", path)
+	}
+	if _, _, err := eventgraph.ParseKeyID("ed25519:" + f[1]); err != nil {
+		return nil, fmt.Errorf("gateway: %s: %w", path, err)
 	}
 	seed, err := base64.RawStdEncoding.DecodeString(strings.TrimRight(f[2], "="))
 	if err != nil || len(seed) != ed25519.SeedSize {

@@ -120,3 +120,17 @@ func TestCORSAndDiscovery(t *testing.T) {
 		t.Fatal("no versions")
 	}
 }
+
+// Generated key IDs use only [a-zA-Z0-9_]: other servers refuse anything
+// else, and a random '-' once made federation tests flaky.
+func TestSigningKeyIDGrammar(t *testing.T) {
+	for i := 0; i < 200; i++ {
+		ident, err := gateway.LoadOrCreateSigningKey(t.TempDir(), "k.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := eventgraph.ParseKeyID(ident.KeyID); err != nil {
+			t.Fatalf("generated key ID %q: %v", ident.KeyID, err)
+		}
+	}
+}

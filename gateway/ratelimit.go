@@ -254,9 +254,10 @@ func stateOf(ctx context.Context) *reqState {
 	return st
 }
 
-// moveSlotToUser trades the request's per-IP slot for one of its user, now
-// that authentication says who it is: users behind one address (a NAT) do
-// not share a budget, and a user's long-polls do not count against it.
+// moveSlotToUser trades the request's per-IP slot (if any) for one of its
+// user, now that authentication says who it is: users behind one address
+// (a NAT) do not share a budget, and a user's long-polls do not count
+// against it.
 func (s *Server) moveSlotToUser(r *http.Request, userID string) error {
 	st := stateOf(r.Context())
 	if st == nil {

@@ -18,9 +18,14 @@
 // transaction, because a batch is re-run without a failing function; callers
 // change their in-memory state only after Update returned nil.
 //
-// Partition.Snapshot and Restore copy a partition consistently while it keeps
-// taking writes; an epoch stored in the partition (SetEpoch, UpdateAt) fences
-// writes from a node that lost ownership.
+// Partition.Snapshot and Restore (or Store.Install, for a snapshot already in
+// a file) copy a partition consistently while it keeps taking writes; an epoch
+// stored in the partition (SetEpoch, UpdateAt, and handles from At that fence
+// every Update) refuses writes from a node that lost ownership, and a seal
+// (Seal, Unseal) stops all writes to a partition on its way to another node
+// and records where it was going. BlobSums, InstallBlobs and Store.Drop move
+// and delete the files that belong with a partition file: its media blobs and
+// indexes derived from it.
 //
 // The package knows nothing of HTTP, of actors or of the cluster: it is given
 // paths, partition numbers and functions over bbolt transactions.

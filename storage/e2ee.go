@@ -148,3 +148,6 @@ func (e E2EETx) DeleteRange(store string, prefix, through []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// E2EE returns the encryption stores of the user, in the same transaction.
+func (u UserTx) E2EE() E2EETx { return E2EETx{tx: u.tx, identity: u.identity} }

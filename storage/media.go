@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -284,9 +283,6 @@ func (b *Blobs) Has(sum string) bool {
 	_, err := os.Stat(b.Path(sum))
 	return err == nil
 }
-
-// ErrNoBlob is returned for a record whose blob file is missing.
-var ErrNoBlob = errors.New("storage: blob file missing")
 
 func syncFile(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)

@@ -204,3 +204,59 @@ func TestStoreDropAndPartitionFiles(t *testing.T) {
 		t.Fatalf("missing dir: %v %v", ids, err)
 	}
 }
+
+// Install checks a snapshot file and moves it into place; a damaged or
+// foreign file is refused and stays where it was.
+func TestStoreInstall(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	src, err := Open(filepath.Join(dir, "src.db"), 3, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Update(ctx, put([]byte("k"), "v")); err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	if _, err := src.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	src.Close()
+	store, err := OpenStore(filepath.Join(dir, "node"), nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	write := func(name string, data []byte) string {
+		path := filepath.Join(dir, "node", "partitions", name)
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	truncated := write("truncated", snap.Bytes()[:snap.Len()/2])
+	if _, err := store.Install(3, truncated); !errors.Is(err, ErrBadSnapshot) {
+		t.Fatalf("truncated snapshot: got %v", err)
+	}
+	if _, err := os.Stat(truncated); err != nil {
+		t.Fatalf("refused file moved: %v", err)
+	}
+	foreign := write("foreign", snap.Bytes())
+	if _, err := store.Install(4, foreign); !errors.Is(err, ErrPartitionMismatch) {
+		t.Fatalf("snapshot of another partition: got %v", err)
+	}
+	good := write("good", snap.Bytes())
+	p, err := store.Install(3, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(get(t, p, []byte("k"))) != "v" {
+		t.Fatal("installed partition lost its data")
+	}
+	if _, err := os.Stat(good); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("installed file was copied, not moved: %v", err)
+	}
+	if _, err := store.Install(3, foreign); err == nil {
+		t.Fatal("installed over a held partition")
+	}
+}

@@ -99,6 +99,26 @@ func restoreFile(path string, r io.Reader, want int64) (err error) {
 	return nil
 }
 
+// installFile moves the complete, synced snapshot file src over path after
+// the checks Restore makes; src must be on path's file system. On error
+// path is left as it was and src stays.
+func installFile(path, src string, want int64) error {
+	if err := checkUnlocked(path); err != nil {
+		return err
+	}
+	fi, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("snapshot file: %w", err)
+	}
+	if err := checkSnapshot(src, fi.Size(), want); err != nil {
+		return err
+	}
+	if err := os.Rename(src, path); err != nil {
+		return fmt.Errorf("install snapshot: %w", err)
+	}
+	return syncDir(filepath.Dir(path))
+}
+
 // checkUnlocked refuses to replace a file whose bbolt lock someone holds.
 func checkUnlocked(path string) (err error) {
 	if _, err := os.Stat(path); err != nil {

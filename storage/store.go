@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -127,6 +128,18 @@ func (s *Store) Restore(id uint32, r io.Reader) (*Partition, error) {
 	})
 }
 
+// Install is Restore for a snapshot already written to file src (complete
+// and synced, on the store's file system): src is checked and moved into
+// place rather than copied. The store must not hold id; on error src stays.
+func (s *Store) Install(id uint32, src string) (*Partition, error) {
+	return s.add(id, func() error {
+		if err := installFile(s.Path(id), src, int64(id)); err != nil {
+			return fmt.Errorf("install %s: %w", s.Path(id), err)
+		}
+		return nil
+	})
+}
+
 // add prepares the file of id with prepare, outside the store's lock, then
 // opens it and adds it.
 func (s *Store) add(id uint32, prepare func() error) (*Partition, error) {
@@ -177,8 +190,10 @@ func (s *Store) Release(id uint32) error {
 	return p.Close()
 }
 
-// Drop releases partition id, if held, and deletes its file durably: the node
-// no longer has any copy of it. The partition must not be in use.
+// Drop releases partition id, if held, and deletes its file durably, with
+// what belongs to the file beside it (its media blobs, and derived indexes
+// named after the file): the node no longer has any copy of the partition.
+// The partition must not be in use.
 func (s *Store) Drop(id uint32) error {
 	s.mu.Lock()
 	p, ok := s.parts[id]
@@ -196,11 +211,107 @@ func (s *Store) Drop(id uint32) error {
 	if err := os.Remove(s.Path(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("storage: drop partition %d: %w", id, err)
 	}
+	for _, d := range []string{blobDir(s.Path(id)), s.Path(id) + ".search"} {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("storage: drop partition %d: %w", id, err)
+		}
+	}
 	if s.opts.NoSync {
 		return nil
 	}
 	if err := syncDir(filepath.Dir(s.Path(id))); err != nil {
 		return fmt.Errorf("storage: drop partition %d: %w", id, err)
+	}
+	return nil
+}
+
+// blobDir is the media blob directory of the partition file at path (see
+// BlobsOf).
+func blobDir(path string) string { return strings.TrimSuffix(path, ".db") + ".media" }
+
+// BlobSums lists the media blobs of partition p (see BlobsOf) by SHA-256,
+// leaving out uploads still being received.
+func BlobSums(p *Partition) ([]string, error) {
+	dir := blobDir(p.Path())
+	subs, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage: list blobs of partition %d: %w", p.ID(), err)
+	}
+	var sums []string
+	for _, sub := range subs {
+		if !sub.IsDir() || len(sub.Name()) != 2 {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(dir, sub.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("storage: list blobs of partition %d: %w", p.ID(), err)
+		}
+		for _, f := range files {
+			if f.Type().IsRegular() && ValidBlobSum(f.Name()) && strings.HasPrefix(f.Name(), sub.Name()) {
+				sums = append(sums, f.Name())
+			}
+		}
+	}
+	slices.Sort(sums)
+	return sums, nil
+}
+
+// InstallBlobs moves received media blobs into partition id's blob
+// directory, durably. src holds them as a blob directory does (files named
+// by their SHA-256 under their first two hex digits); the caller has checked
+// each file's hash. A blob already present is kept; src is removed.
+func (s *Store) InstallBlobs(id uint32, src string) error {
+	dst := blobDir(s.Path(id))
+	subs, err := os.ReadDir(src)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+	}
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+	}
+	for _, sub := range subs {
+		if !sub.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(src, sub.Name()))
+		if err != nil {
+			return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+		}
+		to := filepath.Join(dst, sub.Name())
+		if err := os.MkdirAll(to, 0o700); err != nil {
+			return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+		}
+		for _, f := range files {
+			if !ValidBlobSum(f.Name()) {
+				continue
+			}
+			target := filepath.Join(to, f.Name())
+			if _, err := os.Stat(target); err == nil {
+				continue
+			}
+			if err := os.Rename(filepath.Join(src, sub.Name(), f.Name()), target); err != nil {
+				return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+			}
+		}
+		if !s.opts.NoSync {
+			if err := syncDir(to); err != nil {
+				return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+			}
+		}
+	}
+	if !s.opts.NoSync {
+		if err := syncDir(dst); err != nil {
+			return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
+		}
+	}
+	if err := os.RemoveAll(src); err != nil {
+		return fmt.Errorf("storage: install blobs of partition %d: %w", id, err)
 	}
 	return nil
 }

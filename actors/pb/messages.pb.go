@@ -4733,6 +4733,911 @@ func (x *MediaThumbnail) GetMaxPixels() int64 {
 	return 0
 }
 
+// ServerKey is one signing key of a remote server.
+type ServerKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`                                          // ed25519 public key
+	ValidUntilTs  int64                  `protobuf:"varint,3,opt,name=valid_until_ts,json=validUntilTs,proto3" json:"valid_until_ts,omitempty"` // verify_keys: capped at fetch + 7 days; old: expired_ts
+	Old           bool                   `protobuf:"varint,4,opt,name=old,proto3" json:"old,omitempty"`                                         // from old_verify_keys (events only)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerKey) Reset() {
+	*x = ServerKey{}
+	mi := &file_messages_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerKey) ProtoMessage() {}
+
+func (x *ServerKey) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerKey.ProtoReflect.Descriptor instead.
+func (*ServerKey) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *ServerKey) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ServerKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *ServerKey) GetValidUntilTs() int64 {
+	if x != nil {
+		return x.ValidUntilTs
+	}
+	return 0
+}
+
+func (x *ServerKey) GetOld() bool {
+	if x != nil {
+		return x.Old
+	}
+	return false
+}
+
+// ServerKeysQuery asks for the keys of server_name. Unless cached_only, the
+// actor fetches when a key of key_ids is unknown, or (no key_ids) when no
+// current key is valid until min_valid_until_ts, and answers once the fetch
+// is done; failed fetches are not repeated for a while.
+type ServerKeysQuery struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ServerName      string                 `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	KeyIds          []string               `protobuf:"bytes,2,rep,name=key_ids,json=keyIds,proto3" json:"key_ids,omitempty"`
+	MinValidUntilTs int64                  `protobuf:"varint,3,opt,name=min_valid_until_ts,json=minValidUntilTs,proto3" json:"min_valid_until_ts,omitempty"`
+	CachedOnly      bool                   `protobuf:"varint,4,opt,name=cached_only,json=cachedOnly,proto3" json:"cached_only,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ServerKeysQuery) Reset() {
+	*x = ServerKeysQuery{}
+	mi := &file_messages_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerKeysQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerKeysQuery) ProtoMessage() {}
+
+func (x *ServerKeysQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerKeysQuery.ProtoReflect.Descriptor instead.
+func (*ServerKeysQuery) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *ServerKeysQuery) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *ServerKeysQuery) GetKeyIds() []string {
+	if x != nil {
+		return x.KeyIds
+	}
+	return nil
+}
+
+func (x *ServerKeysQuery) GetMinValidUntilTs() int64 {
+	if x != nil {
+		return x.MinValidUntilTs
+	}
+	return 0
+}
+
+func (x *ServerKeysQuery) GetCachedOnly() bool {
+	if x != nil {
+		return x.CachedOnly
+	}
+	return false
+}
+
+type ServerKeysReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Keys  []*ServerKey           `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	// responses are the server's latest self-signed key responses as
+	// received (what a notary serves, with its own signature added).
+	Responses     [][]byte `protobuf:"bytes,2,rep,name=responses,proto3" json:"responses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerKeysReply) Reset() {
+	*x = ServerKeysReply{}
+	mi := &file_messages_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerKeysReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerKeysReply) ProtoMessage() {}
+
+func (x *ServerKeysReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerKeysReply.ProtoReflect.Descriptor instead.
+func (*ServerKeysReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *ServerKeysReply) GetKeys() []*ServerKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *ServerKeysReply) GetResponses() [][]byte {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+// ServerKeysFetched is what the actor's fetch goroutine sends back to it:
+// the key responses received (direct, or each server_keys entry of a
+// notary's answer), or the error.
+type ServerKeysFetched struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ServerName    string                 `protobuf:"bytes,1,opt,name=server_name,json=serverName,proto3" json:"server_name,omitempty"`
+	Fetch         uint64                 `protobuf:"varint,2,opt,name=fetch,proto3" json:"fetch,omitempty"`
+	Responses     [][]byte               `protobuf:"bytes,3,rep,name=responses,proto3" json:"responses,omitempty"`
+	Via           string                 `protobuf:"bytes,4,opt,name=via,proto3" json:"via,omitempty"` // "" for a direct fetch, else the notary
+	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ServerKeysFetched) Reset() {
+	*x = ServerKeysFetched{}
+	mi := &file_messages_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerKeysFetched) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerKeysFetched) ProtoMessage() {}
+
+func (x *ServerKeysFetched) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerKeysFetched.ProtoReflect.Descriptor instead.
+func (*ServerKeysFetched) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *ServerKeysFetched) GetServerName() string {
+	if x != nil {
+		return x.ServerName
+	}
+	return ""
+}
+
+func (x *ServerKeysFetched) GetFetch() uint64 {
+	if x != nil {
+		return x.Fetch
+	}
+	return 0
+}
+
+func (x *ServerKeysFetched) GetResponses() [][]byte {
+	if x != nil {
+		return x.Responses
+	}
+	return nil
+}
+
+func (x *ServerKeysFetched) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
+}
+
+func (x *ServerKeysFetched) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+// RoomRelations pages through the events relating to event_id (GET
+// /rooms/{roomId}/relations/{eventId}[/{relType}[/{eventType}]]). The
+// reply is RoomQueryReply: {"chunk", "next_batch", "prev_batch",
+// "recursion_depth"}.
+type RoomRelations struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	EventId       string                 `protobuf:"bytes,3,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	RelType       string                 `protobuf:"bytes,4,opt,name=rel_type,json=relType,proto3" json:"rel_type,omitempty"`       // "" for any
+	EventType     string                 `protobuf:"bytes,5,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"` // "" for any
+	From          string                 `protobuf:"bytes,6,opt,name=from,proto3" json:"from,omitempty"`
+	To            string                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`
+	Dir           string                 `protobuf:"bytes,8,opt,name=dir,proto3" json:"dir,omitempty"` // b (default) or f
+	Limit         int32                  `protobuf:"varint,9,opt,name=limit,proto3" json:"limit,omitempty"`
+	Recurse       bool                   `protobuf:"varint,10,opt,name=recurse,proto3" json:"recurse,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomRelations) Reset() {
+	*x = RoomRelations{}
+	mi := &file_messages_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomRelations) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomRelations) ProtoMessage() {}
+
+func (x *RoomRelations) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomRelations.ProtoReflect.Descriptor instead.
+func (*RoomRelations) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *RoomRelations) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetRelType() string {
+	if x != nil {
+		return x.RelType
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *RoomRelations) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *RoomRelations) GetRecurse() bool {
+	if x != nil {
+		return x.Recurse
+	}
+	return false
+}
+
+// RoomThreads pages through the room's thread roots, most recently active
+// first (GET /rooms/{roomId}/threads). Reply: RoomQueryReply {"chunk",
+// "next_batch"}.
+type RoomThreads struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Include       string                 `protobuf:"bytes,3,opt,name=include,proto3" json:"include,omitempty"` // all (default) or participated
+	From          string                 `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	Limit         int32                  `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomThreads) Reset() {
+	*x = RoomThreads{}
+	mi := &file_messages_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomThreads) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomThreads) ProtoMessage() {}
+
+func (x *RoomThreads) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomThreads.ProtoReflect.Descriptor instead.
+func (*RoomThreads) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RoomThreads) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *RoomThreads) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RoomThreads) GetInclude() string {
+	if x != nil {
+		return x.Include
+	}
+	return ""
+}
+
+func (x *RoomThreads) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *RoomThreads) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// RoomTimestamp finds the event closest to ts in direction dir that user
+// may see (GET /rooms/{roomId}/timestamp_to_event). Reply: RoomQueryReply
+// {"event_id", "origin_server_ts"}.
+type RoomTimestamp struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Ts            int64                  `protobuf:"varint,3,opt,name=ts,proto3" json:"ts,omitempty"`
+	Dir           string                 `protobuf:"bytes,4,opt,name=dir,proto3" json:"dir,omitempty"` // f or b
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomTimestamp) Reset() {
+	*x = RoomTimestamp{}
+	mi := &file_messages_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomTimestamp) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomTimestamp) ProtoMessage() {}
+
+func (x *RoomTimestamp) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomTimestamp.ProtoReflect.Descriptor instead.
+func (*RoomTimestamp) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *RoomTimestamp) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *RoomTimestamp) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RoomTimestamp) GetTs() int64 {
+	if x != nil {
+		return x.Ts
+	}
+	return 0
+}
+
+func (x *RoomTimestamp) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+// RoomSpaceSummary describes the room for /hierarchy and the room summary
+// API, as user_id ("" for an unauthenticated requester) may see it. Reply:
+// RoomQueryReply {"room": the summary chunk with room_version,
+// allowed_room_ids, encryption and membership; "accessible": whether the
+// requester may preview it; "children_state": the m.space.child events as
+// stripped state}.
+type RoomSpaceSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomSpaceSummary) Reset() {
+	*x = RoomSpaceSummary{}
+	mi := &file_messages_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomSpaceSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomSpaceSummary) ProtoMessage() {}
+
+func (x *RoomSpaceSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomSpaceSummary.ProtoReflect.Descriptor instead.
+func (*RoomSpaceSummary) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *RoomSpaceSummary) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *RoomSpaceSummary) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// RoomUpgradeState returns what an upgrade of the room by user_id copies
+// into the new room, after checking that the user may send the tombstone.
+// Reply: RoomQueryReply {"create_content", "state": [{type, state_key,
+// content}], "power_levels", "aliases", "canonical_alias", "creators"}.
+type RoomUpgradeState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomUpgradeState) Reset() {
+	*x = RoomUpgradeState{}
+	mi := &file_messages_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomUpgradeState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomUpgradeState) ProtoMessage() {}
+
+func (x *RoomUpgradeState) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomUpgradeState.ProtoReflect.Descriptor instead.
+func (*RoomUpgradeState) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *RoomUpgradeState) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *RoomUpgradeState) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+// UserDirUpdate tells the user directory, fire-and-forget, about one
+// membership change (op "member": user_id's membership, display name and
+// avatar in room_id) or about whether a room is public (op "room").
+type UserDirUpdate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Op            string                 `protobuf:"bytes,1,opt,name=op,proto3" json:"op,omitempty"`
+	RoomId        string                 `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Membership    string                 `protobuf:"bytes,4,opt,name=membership,proto3" json:"membership,omitempty"`
+	DisplayName   string                 `protobuf:"bytes,5,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	AvatarUrl     string                 `protobuf:"bytes,6,opt,name=avatar_url,json=avatarUrl,proto3" json:"avatar_url,omitempty"`
+	Public        bool                   `protobuf:"varint,7,opt,name=public,proto3" json:"public,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserDirUpdate) Reset() {
+	*x = UserDirUpdate{}
+	mi := &file_messages_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserDirUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserDirUpdate) ProtoMessage() {}
+
+func (x *UserDirUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserDirUpdate.ProtoReflect.Descriptor instead.
+func (*UserDirUpdate) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *UserDirUpdate) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *UserDirUpdate) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *UserDirUpdate) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserDirUpdate) GetMembership() string {
+	if x != nil {
+		return x.Membership
+	}
+	return ""
+}
+
+func (x *UserDirUpdate) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *UserDirUpdate) GetAvatarUrl() string {
+	if x != nil {
+		return x.AvatarUrl
+	}
+	return ""
+}
+
+func (x *UserDirUpdate) GetPublic() bool {
+	if x != nil {
+		return x.Public
+	}
+	return false
+}
+
+// UserDirSearch searches the users the searcher shares a room with or who
+// are in public rooms, by user ID and display name. Reply: RoomQueryReply
+// {"results": [...], "limited": bool}.
+type UserDirSearch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Searcher      string                 `protobuf:"bytes,1,opt,name=searcher,proto3" json:"searcher,omitempty"`
+	Term          string                 `protobuf:"bytes,2,opt,name=term,proto3" json:"term,omitempty"`
+	Limit         int32                  `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserDirSearch) Reset() {
+	*x = UserDirSearch{}
+	mi := &file_messages_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserDirSearch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserDirSearch) ProtoMessage() {}
+
+func (x *UserDirSearch) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserDirSearch.ProtoReflect.Descriptor instead.
+func (*UserDirSearch) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *UserDirSearch) GetSearcher() string {
+	if x != nil {
+		return x.Searcher
+	}
+	return ""
+}
+
+func (x *UserDirSearch) GetTerm() string {
+	if x != nil {
+		return x.Term
+	}
+	return ""
+}
+
+func (x *UserDirSearch) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// RoomSearch runs a full-text search over the room's messages for user_id
+// (POST /search, room_events): the best `limit` hits among the events the
+// user may see. keys choose among content.body, content.name and
+// content.topic (all when empty); order_by is rank (default) or recent.
+// Reply: RoomQueryReply {"results": [{"rank", "ts", "event"}], "count"}.
+type RoomSearch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Term          string                 `protobuf:"bytes,3,opt,name=term,proto3" json:"term,omitempty"`
+	Keys          []string               `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
+	Limit         int32                  `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	OrderBy       string                 `protobuf:"bytes,6,opt,name=order_by,json=orderBy,proto3" json:"order_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomSearch) Reset() {
+	*x = RoomSearch{}
+	mi := &file_messages_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomSearch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomSearch) ProtoMessage() {}
+
+func (x *RoomSearch) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomSearch.ProtoReflect.Descriptor instead.
+func (*RoomSearch) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *RoomSearch) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *RoomSearch) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *RoomSearch) GetTerm() string {
+	if x != nil {
+		return x.Term
+	}
+	return ""
+}
+
+func (x *RoomSearch) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *RoomSearch) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *RoomSearch) GetOrderBy() string {
+	if x != nil {
+		return x.OrderBy
+	}
+	return ""
+}
+
 var File_messages_proto protoreflect.FileDescriptor
 
 const file_messages_proto_rawDesc = "" +
@@ -5137,7 +6042,82 @@ const file_messages_proto_rawDesc = "" +
 	"\x06height\x18\x05 \x01(\x05R\x06height\x12\x16\n" +
 	"\x06method\x18\x06 \x01(\tR\x06method\x12\x1d\n" +
 	"\n" +
-	"max_pixels\x18\a \x01(\x03R\tmaxPixelsB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
+	"max_pixels\x18\a \x01(\x03R\tmaxPixels\"l\n" +
+	"\tServerKey\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\x12$\n" +
+	"\x0evalid_until_ts\x18\x03 \x01(\x03R\fvalidUntilTs\x12\x10\n" +
+	"\x03old\x18\x04 \x01(\bR\x03old\"\x99\x01\n" +
+	"\x0fServerKeysQuery\x12\x1f\n" +
+	"\vserver_name\x18\x01 \x01(\tR\n" +
+	"serverName\x12\x17\n" +
+	"\akey_ids\x18\x02 \x03(\tR\x06keyIds\x12+\n" +
+	"\x12min_valid_until_ts\x18\x03 \x01(\x03R\x0fminValidUntilTs\x12\x1f\n" +
+	"\vcached_only\x18\x04 \x01(\bR\n" +
+	"cachedOnly\"\\\n" +
+	"\x0fServerKeysReply\x12+\n" +
+	"\x04keys\x18\x01 \x03(\v2\x17.shoal.actors.ServerKeyR\x04keys\x12\x1c\n" +
+	"\tresponses\x18\x02 \x03(\fR\tresponses\"\x90\x01\n" +
+	"\x11ServerKeysFetched\x12\x1f\n" +
+	"\vserver_name\x18\x01 \x01(\tR\n" +
+	"serverName\x12\x14\n" +
+	"\x05fetch\x18\x02 \x01(\x04R\x05fetch\x12\x1c\n" +
+	"\tresponses\x18\x03 \x03(\fR\tresponses\x12\x10\n" +
+	"\x03via\x18\x04 \x01(\tR\x03via\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xfc\x01\n" +
+	"\rRoomRelations\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x19\n" +
+	"\bevent_id\x18\x03 \x01(\tR\aeventId\x12\x19\n" +
+	"\brel_type\x18\x04 \x01(\tR\arelType\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x05 \x01(\tR\teventType\x12\x12\n" +
+	"\x04from\x18\x06 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\a \x01(\tR\x02to\x12\x10\n" +
+	"\x03dir\x18\b \x01(\tR\x03dir\x12\x14\n" +
+	"\x05limit\x18\t \x01(\x05R\x05limit\x12\x18\n" +
+	"\arecurse\x18\n" +
+	" \x01(\bR\arecurse\"\x83\x01\n" +
+	"\vRoomThreads\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x18\n" +
+	"\ainclude\x18\x03 \x01(\tR\ainclude\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\tR\x04from\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\"c\n" +
+	"\rRoomTimestamp\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x0e\n" +
+	"\x02ts\x18\x03 \x01(\x03R\x02ts\x12\x10\n" +
+	"\x03dir\x18\x04 \x01(\tR\x03dir\"D\n" +
+	"\x10RoomSpaceSummary\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"D\n" +
+	"\x10RoomUpgradeState\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\"\xcb\x01\n" +
+	"\rUserDirUpdate\x12\x0e\n" +
+	"\x02op\x18\x01 \x01(\tR\x02op\x12\x17\n" +
+	"\aroom_id\x18\x02 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x1e\n" +
+	"\n" +
+	"membership\x18\x04 \x01(\tR\n" +
+	"membership\x12!\n" +
+	"\fdisplay_name\x18\x05 \x01(\tR\vdisplayName\x12\x1d\n" +
+	"\n" +
+	"avatar_url\x18\x06 \x01(\tR\tavatarUrl\x12\x16\n" +
+	"\x06public\x18\a \x01(\bR\x06public\"U\n" +
+	"\rUserDirSearch\x12\x1a\n" +
+	"\bsearcher\x18\x01 \x01(\tR\bsearcher\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\tR\x04term\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"\x97\x01\n" +
+	"\n" +
+	"RoomSearch\x12\x17\n" +
+	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
+	"\x04term\x18\x03 \x01(\tR\x04term\x12\x12\n" +
+	"\x04keys\x18\x04 \x03(\tR\x04keys\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x19\n" +
+	"\border_by\x18\x06 \x01(\tR\aorderByB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
 
 var (
 	file_messages_proto_rawDescOnce sync.Once
@@ -5151,7 +6131,7 @@ func file_messages_proto_rawDescGZIP() []byte {
 	return file_messages_proto_rawDescData
 }
 
-var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_messages_proto_goTypes = []any{
 	(*Error)(nil),              // 0: shoal.actors.Error
 	(*Empty)(nil),              // 1: shoal.actors.Empty
@@ -5220,22 +6200,35 @@ var file_messages_proto_goTypes = []any{
 	(*MediaGet)(nil),           // 64: shoal.actors.MediaGet
 	(*MediaInfo)(nil),          // 65: shoal.actors.MediaInfo
 	(*MediaThumbnail)(nil),     // 66: shoal.actors.MediaThumbnail
-	nil,                        // 67: shoal.actors.SyncDone.PositionsEntry
-	nil,                        // 68: shoal.actors.SyncDone.EphemeralEntry
+	(*ServerKey)(nil),          // 67: shoal.actors.ServerKey
+	(*ServerKeysQuery)(nil),    // 68: shoal.actors.ServerKeysQuery
+	(*ServerKeysReply)(nil),    // 69: shoal.actors.ServerKeysReply
+	(*ServerKeysFetched)(nil),  // 70: shoal.actors.ServerKeysFetched
+	(*RoomRelations)(nil),      // 71: shoal.actors.RoomRelations
+	(*RoomThreads)(nil),        // 72: shoal.actors.RoomThreads
+	(*RoomTimestamp)(nil),      // 73: shoal.actors.RoomTimestamp
+	(*RoomSpaceSummary)(nil),   // 74: shoal.actors.RoomSpaceSummary
+	(*RoomUpgradeState)(nil),   // 75: shoal.actors.RoomUpgradeState
+	(*UserDirUpdate)(nil),      // 76: shoal.actors.UserDirUpdate
+	(*UserDirSearch)(nil),      // 77: shoal.actors.UserDirSearch
+	(*RoomSearch)(nil),         // 78: shoal.actors.RoomSearch
+	nil,                        // 79: shoal.actors.SyncDone.PositionsEntry
+	nil,                        // 80: shoal.actors.SyncDone.EphemeralEntry
 }
 var file_messages_proto_depIdxs = []int32{
 	2,  // 0: shoal.actors.CreateRoom.initial:type_name -> shoal.actors.StateEvent
 	22, // 1: shoal.actors.SyncPlanReply.rooms:type_name -> shoal.actors.PlannedRoom
-	67, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
-	68, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
+	79, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
+	80, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
 	57, // 4: shoal.actors.MediaBegin.limits:type_name -> shoal.actors.MediaLimits
 	57, // 5: shoal.actors.MediaCommit.limits:type_name -> shoal.actors.MediaLimits
 	57, // 6: shoal.actors.MediaCreate.limits:type_name -> shoal.actors.MediaLimits
-	7,  // [7:7] is the sub-list for method output_type
-	7,  // [7:7] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	67, // 7: shoal.actors.ServerKeysReply.keys:type_name -> shoal.actors.ServerKey
+	8,  // [8:8] is the sub-list for method output_type
+	8,  // [8:8] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_messages_proto_init() }
@@ -5249,7 +6242,7 @@ func file_messages_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_proto_rawDesc), len(file_messages_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   69,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

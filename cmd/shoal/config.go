@@ -12,6 +12,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/shoal-chat/shoal/cluster"
 	"github.com/shoal-chat/shoal/gateway"
 )
 
@@ -43,11 +44,27 @@ type Config struct {
 	MaxHeaderBytes           int                            `yaml:"max_header_bytes"`
 	MaxBodyBytes             int64                          `yaml:"max_body_bytes"`
 	Partitions               uint32                         `yaml:"partitions"`
+	ClusterName              string                         `yaml:"cluster_name"`
+	ClusterListen            string                         `yaml:"cluster_listen"`
+	ClusterRPCListen         string                         `yaml:"cluster_rpc_listen"`
+	ClusterAdvertise         string                         `yaml:"cluster_advertise"`
+	ClusterSecret            string                         `yaml:"cluster_secret"`
+	Join                     []string                       `yaml:"join"`
 	PublicBaseURL            string                         `yaml:"public_base_url"`
 	WellKnownServer          string                         `yaml:"well_known_server"`
 	LogLevel                 string                         `yaml:"log_level"`
 	LogFormat                string                         `yaml:"log_format"`
 	Terms                    map[string]gateway.TermsPolicy `yaml:"terms"`
+	// The content repository (config_media.go).
+	// Federation (config_federation.go).
+	FederationCAFile       string                     `yaml:"federation_ca_file"`
+	FederationAllowPrivate bool                       `yaml:"federation_allow_private"`
+	TrustedKeyServers      []gateway.TrustedKeyServer `yaml:"trusted_key_servers"`
+
+	MediaMaxUploadBytes       int64     `yaml:"media_max_upload_bytes"`
+	MediaQuotaBytes           int64     `yaml:"media_quota_bytes"`
+	MediaUnauthenticatedUntil time.Time `yaml:"media_unauthenticated_until"`
+	URLPreviewAllowNetworks   []string  `yaml:"url_preview_allow_networks"`
 }
 
 // defaultConfig is the zero-configuration node: one node, server name
@@ -70,6 +87,7 @@ func defaultConfig() Config {
 		MaxHeaderBytes:        gateway.DefaultMaxHeaderBytes,
 		MaxBodyBytes:          gateway.DefaultMaxBodyBytes,
 		Partitions:            16,
+		ClusterName:           "shoal",
 		LogLevel:              "info",
 		LogFormat:             "text",
 	}
@@ -118,7 +136,7 @@ func settings() []setting {
 			return nil
 		}
 	}
-	return []setting{
+	return append([]setting{
 		{name: "server-name", usage: "the server name in user and room IDs", set: str(func(c *Config) *string { return &c.ServerName })},
 		{name: "data-dir", usage: "where the node keeps its data", set: str(func(c *Config) *string { return &c.DataDir })},
 		{name: "client-listen", usage: "plain-HTTP address for the client API (empty: none)", set: str(func(c *Config) *string { return &c.ClientListen })},
@@ -140,7 +158,7 @@ func settings() []setting {
 		}},
 		{name: "registration-shared-secret", usage: "secret for /_synapse/admin/v1/register (default: generated in the data dir)", set: str(func(c *Config) *string { return &c.RegistrationSharedSecret })},
 		{name: "registration-tokens", usage: "tokens accepted when registration is token, comma-separated", set: list(func(c *Config) *[]string { return &c.RegistrationTokens })},
-		{name: "no-rate-limit", usage: "switch rate limiting off", bool: true, set: func(c *Config, v string) error {
+		{name: "no-rate-limit", usage: "switch rate limits and per-address limits off (load tools, reverse proxies)", bool: true, set: func(c *Config, v string) error {
 			b, err := strconv.ParseBool(v)
 			c.NoRateLimit = b
 			return err
@@ -154,7 +172,7 @@ func settings() []setting {
 			return nil
 		}},
 		{name: "rate-limit-burst", usage: "requests a user or IP may burst on rate-limited endpoints", set: positive(func(c *Config) *int { return &c.RateLimitBurst })},
-		{name: "max-concurrent-requests", usage: "requests in flight per client (IP, or user once authenticated)", set: positive(func(c *Config) *int { return &c.MaxConcurrentRequests })},
+		{name: "max-concurrent-requests", usage: "requests in flight per user, and per IP before authentication unless --no-rate-limit", set: positive(func(c *Config) *int { return &c.MaxConcurrentRequests })},
 		{name: "read-header-timeout", usage: "time a client has to send its request headers (and finish a TLS handshake)", set: duration(func(c *Config) *time.Duration { return &c.ReadHeaderTimeout })},
 		{name: "idle-timeout", usage: "time a keep-alive connection may stay idle", set: duration(func(c *Config) *time.Duration { return &c.IdleTimeout })},
 		{name: "max-header-bytes", usage: "largest request headers accepted (431 beyond)", set: positive(func(c *Config) *int { return &c.MaxHeaderBytes })},
@@ -174,11 +192,17 @@ func settings() []setting {
 			c.Partitions = uint32(n)
 			return nil
 		}},
+		{name: "cluster-listen", usage: "gossip address (UDP and TCP) that makes this node a cluster member (empty: a one-node server)", set: str(func(c *Config) *string { return &c.ClusterListen })},
+		{name: "join", usage: "gossip addresses of existing cluster members, comma-separated (empty on the node that founds the cluster)", set: list(func(c *Config) *[]string { return &c.Join })},
+		{name: "cluster-secret", usage: "secret shared by the cluster's nodes, at least 16 characters; prefer the environment variable", set: str(func(c *Config) *string { return &c.ClusterSecret })},
+		{name: "cluster-name", usage: "the cluster's name; nodes of another name are refused", set: str(func(c *Config) *string { return &c.ClusterName })},
+		{name: "cluster-rpc-listen", usage: "address of the actor transport between nodes (default: the cluster-listen port + 1)", set: str(func(c *Config) *string { return &c.ClusterRPCListen })},
+		{name: "cluster-advertise", usage: "host other nodes reach this one at (default: the cluster-listen host)", set: str(func(c *Config) *string { return &c.ClusterAdvertise })},
 		{name: "public-base-url", usage: "client base URL advertised in /.well-known/matrix/client", set: str(func(c *Config) *string { return &c.PublicBaseURL })},
 		{name: "well-known-server", usage: "delegated federation host:port for /.well-known/matrix/server", set: str(func(c *Config) *string { return &c.WellKnownServer })},
 		{name: "log-level", usage: "debug, info, warn or error", set: str(func(c *Config) *string { return &c.LogLevel })},
 		{name: "log-format", usage: "text or json", set: str(func(c *Config) *string { return &c.LogFormat })},
-	}
+	}, append(mediaSettings(), federationSettings()...)...)
 }
 
 func envName(flagName string) string {
@@ -247,6 +271,9 @@ func (c Config) validate() error {
 	if c.DataDir == "" {
 		return errors.New("data_dir must be set")
 	}
+	if err := c.validateMedia(); err != nil {
+		return err
+	}
 	if c.ClientListen == "" && len(c.TLSListen) == 0 && len(c.FederationListen) == 0 {
 		return errors.New("nothing to listen on: set client_listen, tls_listen or federation_listen")
 	}
@@ -267,6 +294,18 @@ func (c Config) validate() error {
 	}
 	if c.Partitions == 0 {
 		return errors.New("partitions must be positive")
+	}
+	if c.ClusterListen == "" {
+		if len(c.Join) > 0 || c.ClusterRPCListen != "" || c.ClusterAdvertise != "" {
+			return errors.New("join, cluster_rpc_listen and cluster_advertise need cluster_listen")
+		}
+	} else {
+		if len(c.ClusterSecret) < cluster.MinSecretLength {
+			return fmt.Errorf("cluster_listen needs cluster_secret (or SHOAL_CLUSTER_SECRET) of at least %d characters, the same on every node", cluster.MinSecretLength)
+		}
+		if c.ClusterName == "" {
+			return errors.New("cluster_name must not be empty")
+		}
 	}
 	return nil
 }

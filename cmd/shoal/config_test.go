@@ -100,3 +100,21 @@ func TestConfigRefusesBadInput(t *testing.T) {
 		t.Error("unknown config key accepted")
 	}
 }
+
+func TestConfigFederation(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "fed.yaml")
+	err := os.WriteFile(file, []byte("federation_ca_file: /ca.pem\ntrusted_key_servers:\n  - server_name: notary.example\n    verify_keys: {\"ed25519:a\": \"AAAA\"}\n"), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"SHOAL_FEDERATION_ALLOW_PRIVATE": "true"}
+	cfg, err := loadConfig([]string{"--config", file}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := cfg.federation()
+	if fc.CAFile != "/ca.pem" || !fc.AllowPrivate || len(fc.TrustedKeyServers) != 1 ||
+		fc.TrustedKeyServers[0].VerifyKeys["ed25519:a"] != "AAAA" {
+		t.Fatalf("federation config: %+v", fc)
+	}
+}

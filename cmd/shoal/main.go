@@ -1,7 +1,9 @@
 // Command shoal is a Matrix homeserver that scales out by adding nodes.
 //
-//	shoal serve [flags]        run a node (see shoal serve -h)
-//	shoal user create [flags]  create an account on a running node
+//	shoal serve [flags]          run a node (see shoal serve -h)
+//	shoal user create [flags]    create an account on a running node
+//	shoal cluster status [flags] show a running node's cluster
+//	shoal cluster leave [flags]  make a running node leave its cluster
 package main
 
 import (
@@ -33,6 +35,8 @@ func run(args []string, stdout, stderr io.Writer, getenv func(string) string) in
 	switch args[0] {
 	case "serve":
 		err = serve(args[1:], stderr, getenv)
+	case "cluster":
+		err = clusterCommand(args[1:], stdout, getenv)
 	case "user":
 		if len(args) < 2 || args[1] != "create" {
 			fmt.Fprintln(stderr, "usage: shoal user create [flags]")
@@ -62,8 +66,10 @@ func usage(w io.Writer) {
   shoal serve [flags]          run a node; with no flags: localhost, http://127.0.0.1:8008,
                                https://127.0.0.1:8448 (and HTTP/3), metrics on 127.0.0.1:9008, ./shoal-data
   shoal user create [flags]    create an account on a running node (shared-secret registration)
+  shoal cluster status [flags] members, partition map, epochs and handoffs of a running node's cluster
+  shoal cluster leave [flags]  hand a running node's partitions to the others; it stops once it has left
 
-Run "shoal serve -h" or "shoal user create -h" for their flags.
+Run "shoal serve -h", "shoal user create -h" or "shoal cluster status -h" for their flags.
 `)
 }
 
@@ -121,6 +127,8 @@ func serve(args []string, logOut io.Writer, getenv func(string) string) error {
 		log.Info("shutting down", slog.String("signal", sig.String()))
 	case runErr = <-node.Errors():
 		log.Error("listener failed", slog.Any("err", runErr))
+	case <-node.Left():
+		log.Info("left the cluster; stopping")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), gateway.StopTimeout)
 	defer cancel()
@@ -160,6 +168,8 @@ func nodeConfig(cfg Config, log *slog.Logger) (gateway.NodeConfig, error) {
 			IdleTimeout:              cfg.IdleTimeout,
 			MaxHeaderBytes:           cfg.MaxHeaderBytes,
 			MaxBodyBytes:             cfg.MaxBodyBytes,
+			Media:                    cfg.media(),
+			Federation:               cfg.federation(),
 		},
 		DataDir:          cfg.DataDir,
 		Partitions:       cfg.Partitions,
@@ -175,6 +185,7 @@ func nodeConfig(cfg Config, log *slog.Logger) (gateway.NodeConfig, error) {
 			CA:      cfg.ACMECA,
 			CARoots: roots,
 		},
-		Log: log,
+		Cluster: clusterConfig(cfg),
+		Log:     log,
 	}, nil
 }

@@ -52,7 +52,8 @@ func startShoal(ctx context.Context, bin string, keep bool, hc *http.Client) (*t
 	}
 	dataDir := filepath.Join(dir, "data")
 	p, err := startProcess("shoal", dir, []string{abs, "serve", "--server-name", benchServerName,
-		"--data-dir", dataDir, "--client-listen", addr, "--no-rate-limit", "--log-level", "warn"})
+		"--data-dir", dataDir, "--client-listen", addr, "--tls-listen", "", "--admin-listen", "",
+		"--no-rate-limit", "--log-level", "warn"})
 	if err != nil {
 		return nil, errors.Join(err, cleanup())
 	}

@@ -106,11 +106,11 @@ func New(cfg Config) *Client {
 	c := &Client{cfg: cfg}
 	c.tlsConf = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
 	tr := &http.Transport{
-		DialTLSContext:        c.dialTLS,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConnsPerHost:   8,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: responseHeaderWait,
+		DialTLSContext:         c.dialTLS,
+		ForceAttemptHTTP2:      true,
+		MaxIdleConnsPerHost:    8,
+		IdleConnTimeout:        90 * time.Second,
+		ResponseHeaderTimeout:  responseHeaderWait,
 		MaxResponseHeaderBytes: 64 << 10,
 	}
 	c.http = &http.Client{

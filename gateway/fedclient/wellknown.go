@@ -105,7 +105,11 @@ func (w *wellKnownCache) lookup(ctx context.Context, host string) (string, bool)
 			return "", false
 		}
 	}
-	server, ttl, err := w.fetch(ctx, host)
+	// The fetch outlives the request that started it: a caller giving up
+	// early must not leave an error cached for an hour.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wellKnownTimeout)
+	server, ttl, err := w.fetch(fctx, host)
+	cancel()
 	if err != nil {
 		w.c.cfg.Log.Debug("fedclient: no delegation from /.well-known", "host", host, "err", err)
 		server, ttl = "", wellKnownErrorTTL
