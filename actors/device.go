@@ -27,7 +27,9 @@ const lastSeenEvery = 60_000 // ms
 //	DeviceAuth   replies DeviceAuthReply{valid}; never writes before replying
 //	DeviceQuery  replies DeviceInfo (exists=false for no such device)
 //	DeviceUpdate display_name: replies Empty, 404 for no such device;
-//	             logout: deletes the device and its token, replies Empty
+//	             logout: deletes the device and its token, replies Empty;
+//	             moderation: stores the account's locked/suspended flags,
+//	             which DeviceAuthReply then carries, replies Empty
 //	DeviceKeysOp keys and to-device inbox (device_keys.go); replies KeysReply
 type device struct {
 	env      *Env
@@ -151,6 +153,7 @@ func (d *device) login(m *pb.DeviceLogin) acctResult {
 	} else {
 		next = storage.Device{DisplayName: m.DisplayName, CreatedTS: now}
 	}
+	next.Locked, next.Suspended = m.Locked, m.Suspended
 	next.TokenHash = append([]byte(nil), m.TokenHash...)
 	next.LastSeenTS = now
 	if m.Ip != "" {
@@ -180,7 +183,11 @@ func (d *device) auth(ctx actor.Context, m *pb.DeviceAuth) {
 	copy(given[:], m.TokenHash)
 	match := subtle.ConstantTimeCompare(stored[:], given[:]) == 1
 	valid := exists && len(m.TokenHash) == 32 && match
-	d.reply(ctx, acctOK(&pb.DeviceAuthReply{Valid: valid}))
+	rep := &pb.DeviceAuthReply{Valid: valid}
+	if valid {
+		rep.Locked, rep.Suspended = d.dev.Locked, d.dev.Suspended
+	}
+	d.reply(ctx, acctOK(rep))
 	if valid {
 		d.touch(m.Ip)
 	}
@@ -216,6 +223,18 @@ func (d *device) update(m *pb.DeviceUpdate) acctResult {
 		}
 		next := *d.dev
 		next.DisplayName = m.DisplayName
+		if err := d.write(func(tx *bbolt.Tx) error { return storage.PutDevice(tx, d.env.Identity, &next) }); err != nil {
+			return acctFail(err)
+		}
+		d.dev = &next
+		return acctOK(&pb.Empty{})
+	case "moderation":
+		// A device logged out meanwhile has nothing to mark.
+		if d.dev == nil {
+			return acctOK(&pb.Empty{})
+		}
+		next := *d.dev
+		next.Locked, next.Suspended = m.Locked, m.Suspended
 		if err := d.write(func(tx *bbolt.Tx) error { return storage.PutDevice(tx, d.env.Identity, &next) }); err != nil {
 			return acctFail(err)
 		}

@@ -18,7 +18,10 @@ type ServerIdentity struct {
 // Env is what an actor is given when it is activated: its identity, its
 // partition's store, a way to reach other actors and the server identity.
 type Env struct {
-	Identity  string
+	Identity string
+	// Partition is fenced at the epoch under which this node holds the
+	// partition (storage.Partition.At): once the partition has moved on,
+	// the actor's writes fail and nothing of them lands.
 	Partition *storage.Partition
 	Router    Router
 	Server    *ServerIdentity

@@ -613,6 +613,7 @@ func (r *roomActor) notify(b *batch) {
 		r.sendDirectoryRefresh()
 	}
 	r.notifyUserDir(b)
+	r.sendPushNotices(b)
 }
 
 func (r *roomActor) sendDirectoryRefresh() {

@@ -214,7 +214,11 @@ func (r *roomActor) syncTimeline(rd *roomReader, m *pb.SyncRoom, f *roomEventFil
 		if summaryChanged {
 			obj["summary"] = r.syncSummary(user)
 		}
-		obj["unread_notifications"] = map[string]int{"notification_count": 0, "highlight_count": 0}
+		n, h, err := r.unreadCounts(rd, user, m.PushRules)
+		if err != nil {
+			return err
+		}
+		obj["unread_notifications"] = map[string]int{"notification_count": n, "highlight_count": h}
 	}
 	rep.Empty = !m.FullState && len(events) == 0 && len(stateEvents) == 0 && !ephChanged && !summaryChanged
 	body, err := json.Marshal(obj)

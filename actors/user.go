@@ -64,6 +64,9 @@ const (
 //	AccountUpdate deactivate       {"devices":[IDs removed],"rooms":[rooms joined, invited or knocked]}
 //	AccountUpdate profile          {"profile":{…},"changed":bool,"joined_rooms":[…]}
 //	AccountUpdate filter           {"filter_id":"N"}
+//	AccountUpdate add_device       {"locked":bool,"suspended":bool}
+//	AccountUpdate moderation       {"locked","suspended","devices":[IDs]} (user_moderation.go)
+//	AccountUpdate report           {} (user_reports.go); AccountQuery reports {"reports":[…]}
 //	AccountUpdate (other kinds)    {}
 //
 // AccountUpdate kinds: password (value = bcrypt hash), deactivate, profile
@@ -92,8 +95,15 @@ type user struct {
 	sync userSync
 	// push is the user's push rules, read on first use (user_pushrules.go).
 	push *pushState
+	// pushing is the user's pushers and notifications (user_push.go).
+	pushing userPush
 	// keys is what the actor keeps in memory for encryption (user_keys.go).
 	keys userKeys
+	// reportTimes are when the user's reports of the last minute were made
+	// (user_reports.go).
+	reportTimes []int64
+	// pres is the presence fan-out, peers' presence and timers (user_presence.go).
+	pres userPresence
 }
 
 // NewUser makes the actor of a user.
@@ -105,9 +115,12 @@ func (u *user) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		u.load()
+		u.presenceStart()
 		ctx.SetReceiveTimeout(u.env.IdleTimeout)
 	case *actor.ReceiveTimeout:
-		if len(u.sync.parked) == 0 {
+		// A pending automatic presence transition keeps the actor too
+		// (at most presenceOfflineAfter after the last sync).
+		if len(u.sync.parked) == 0 && !u.presenceTimerArmed() {
 			ctx.Send(ctx.Parent(), &pb.Passivate{Identity: u.env.Identity})
 		} else {
 			// A long-poll is waiting: stay, and look again later (the
@@ -115,6 +128,8 @@ func (u *user) Receive(ctx actor.Context) {
 			ctx.SetReceiveTimeout(u.env.IdleTimeout)
 		}
 	case *actor.Stopping:
+		u.presenceStop()
+		u.stopPushing()
 		u.releaseParked(ctx)
 	case *actor.Restarting:
 		u.releaseParked(ctx)
@@ -131,15 +146,25 @@ func (u *user) Receive(ctx actor.Context) {
 	case *pb.RoomNotice:
 		u.roomNotice(ctx, m)
 	case *pb.SyncPlan:
+		u.presenceSynced()
 		u.syncPlan(ctx, m)
 	case *pb.SyncDone:
+		u.presenceSynced()
 		u.reply(ctx, u.syncDone(m))
+	case *pb.PresenceNotice:
+		u.presenceNotice(ctx, m)
+	case *pb.PresenceTick:
+		u.presenceTick(ctx, m)
 	case *pb.SyncTimeout:
 		u.syncTimeout(ctx, m)
 	case *pb.UserKeysOp:
 		u.reply(ctx, u.keysOp(ctx, m))
 	case *pb.KeysNotice:
 		u.keysNotice(ctx, m)
+	case *pb.PushNotice:
+		u.pushNotice(m)
+	case *pb.PushResult:
+		u.pushResult(m)
 	}
 }
 
@@ -298,6 +323,15 @@ func (u *user) query(m *pb.AccountQuery) acctResult {
 	if m.Kind == "push_rules" || (m.Kind == "account_data" && m.Key == PushRulesEventType) {
 		return u.queryPushRules()
 	}
+	if m.Kind == "reports" {
+		return u.reports()
+	}
+	switch m.Kind {
+	case "pushers":
+		return u.queryPushers()
+	case "notifications":
+		return u.queryNotifications(m)
+	}
 	a := u.st.Account
 	out := &pb.AccountQueryReply{Found: a != nil}
 	var v any
@@ -313,7 +347,7 @@ func (u *user) query(m *pb.AccountQuery) acctResult {
 				terms = map[string]string{}
 			}
 			v = map[string]any{"user_id": u.userID, "admin": a.Admin, "guest": a.Guest, "deactivated": a.Deactivated,
-				"created_ts": a.CreatedTS, "accepted_terms": terms}
+				"created_ts": a.CreatedTS, "accepted_terms": terms, "suspended": a.Suspended, "locked": a.Locked}
 		}
 	case "profile":
 		if a != nil {
@@ -428,6 +462,8 @@ func (u *user) update(ctx actor.Context, m *pb.AccountUpdate) acctResult {
 		return u.setTag(ctx, m)
 	case "filter":
 		return u.addFilter(m)
+	case "pusher":
+		return u.setPusher(m)
 	case "presence":
 		return u.setPresence(ctx, m)
 	case "add_device":
@@ -442,6 +478,10 @@ func (u *user) update(ctx actor.Context, m *pb.AccountUpdate) acctResult {
 		return u.removeDevices(ids)
 	case "forget":
 		return u.forget(m)
+	case "moderation":
+		return u.setModeration(m)
+	case "report":
+		return u.addReport(m)
 	default:
 		return acctFail(ErrInvalidParam("unknown account update %q", m.Kind))
 	}
@@ -517,6 +557,7 @@ func (u *user) deactivate(ctx actor.Context) acctResult {
 	u.st.Meta = meta
 	u.push = nil
 	u.wakeAll(ctx)
+	u.presenceChanged()
 	r, err := acctJSONReply(map[string]any{"devices": devices, "rooms": rooms})
 	if err != nil {
 		return acctFail(err)
@@ -775,7 +816,7 @@ func (u *user) setPresence(ctx actor.Context, m *pb.AccountUpdate) acctResult {
 		next.StatusMsg = prev.StatusMsg
 	}
 	if fromSync {
-		if prev != nil && prev.State == "unavailable" && state == "online" {
+		if prev != nil && prev.State == "unavailable" && state == "online" && !u.pres.auto {
 			next.State = "unavailable"
 		}
 	} else if raw, has := req["status_msg"]; has && string(raw) != "null" {
@@ -806,9 +847,11 @@ func (u *user) setPresence(ctx actor.Context, m *pb.AccountUpdate) acctResult {
 		u.st.Meta = meta
 	}
 	u.st.Presence = &next
+	u.pres.auto = false
 	if changed {
 		u.wakeAll(ctx)
 	}
+	u.presenceChanged()
 	return acctOK(&pb.AccountUpdateReply{Json: []byte("{}")})
 }
 
@@ -852,7 +895,7 @@ func (u *user) addDevice(m *pb.AccountUpdate) acctResult {
 		}
 		u.st.Devices[m.Key] = true
 	}
-	return acctOK(&pb.AccountUpdateReply{Json: []byte("{}")})
+	return acctJSON(moderationFlags(u.st.Account))
 }
 
 // removeDevices drops devices from the user's index in one write (the

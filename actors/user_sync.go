@@ -357,13 +357,11 @@ func (u *user) plan(base *syncBase, fullState bool) (*pb.SyncPlanReply, error) {
 		if err := u.accountDataSince(since, base == nil, reply); err != nil {
 			return nil, err
 		}
-		if p := u.st.Presence; p != nil && p.Seq > since {
-			ev, err := json.Marshal([]map[string]any{{"type": "m.presence", "sender": u.userID, "content": u.presenceContent()}})
-			if err != nil {
-				return nil, err
-			}
-			reply.Presence = ev
+		ev, err := u.presenceEvents(since, base == nil)
+		if err != nil {
+			return nil, err
 		}
+		reply.Presence = ev
 		if base != nil {
 			if err := u.deviceListsInPlan(since, reply); err != nil {
 				return nil, err

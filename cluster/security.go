@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"math/big"
 	"time"
@@ -131,6 +130,3 @@ func newTransportTLS(secret, nodeID string) (*transportTLS, error) {
 		},
 	}, nil
 }
-
-// errSecretMismatch explains what a failed handshake most likely means.
-var errSecretMismatch = errors.New("the peer does not share this node's cluster secret")

@@ -58,6 +58,8 @@ type Session struct {
 	UserID   string
 	DeviceID string
 	Token    string
+	// Suspended is the account's MSC3823 flag as the device knows it.
+	Suspended bool
 }
 
 type sessionKey struct{}
@@ -91,10 +93,14 @@ func (s *Server) authenticate(r *http.Request) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rep, ok := res.(*pb.DeviceAuthReply); !ok || !rep.Valid {
+	rep, ok := res.(*pb.DeviceAuthReply)
+	if !ok || !rep.Valid {
 		return nil, errUnknownAuth
 	}
-	return &Session{UserID: userID, DeviceID: deviceID, Token: tok}, nil
+	if rep.Locked && !lockedMayUse(r) {
+		return nil, errUserLocked
+	}
+	return &Session{UserID: userID, DeviceID: deviceID, Token: tok, Suspended: rep.Suspended}, nil
 }
 
 // authed wraps a handler that needs an authenticated user. Once the user
@@ -109,6 +115,12 @@ func (s *Server) authed(h func(w http.ResponseWriter, r *http.Request, sess *Ses
 		}
 		if err == nil {
 			err = s.limitUser(r, sess.UserID)
+		}
+		if err == nil && sess.Suspended {
+			err = s.checkSuspended(r, sess)
+		}
+		if err == nil && isGuest(sess.UserID) {
+			err = s.checkGuest(r)
 		}
 		if err != nil {
 			writeError(w, r, err)

@@ -249,12 +249,16 @@ func (s *Server) login(ctx context.Context, r *http.Request, userID, deviceID, d
 	if deviceID == "" {
 		deviceID = newDeviceID()
 	}
-	if _, err := s.accountUpdate(ctx, &pb.AccountUpdate{UserId: userID, Kind: "add_device", Key: deviceID}); err != nil {
+	added, err := s.accountUpdate(ctx, &pb.AccountUpdate{UserId: userID, Kind: "add_device", Key: deviceID})
+	if err != nil {
 		return "", "", err
 	}
+	// A suspended or locked account's new sessions behave the same.
+	var flags struct{ Locked, Suspended bool }
+	_ = json.Unmarshal(added.Json, &flags)
 	token, hash := NewAccessToken(userID, deviceID)
 	if _, err := s.router.Request(ctx, &pb.DeviceLogin{UserId: userID, DeviceId: deviceID, TokenHash: hash,
-		DisplayName: displayName, Ip: clientIP(r)}); err != nil {
+		DisplayName: displayName, Ip: clientIP(r), Locked: flags.Locked, Suspended: flags.Suspended}); err != nil {
 		return "", "", err
 	}
 	return token, deviceID, nil

@@ -674,7 +674,19 @@ func TestAccountDataTagsFiltersPresence(t *testing.T) {
 	if err := alice.SetPresence(ctx, mautrix.ReqPresence{Presence: "unavailable", StatusMsg: "away"}); err != nil {
 		t.Fatal(err)
 	}
-	pres, err := e.register("bob").GetPresence(ctx, alice.UserID)
+	// Another user's presence is for those sharing a room with them.
+	bob := e.register("bob")
+	if _, err := bob.GetPresence(ctx, alice.UserID); err == nil || !strings.Contains(err.Error(), "M_FORBIDDEN") {
+		t.Fatalf("presence of a user sharing no room: %v, want M_FORBIDDEN", err)
+	}
+	shared, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, shared.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	pres, err := bob.GetPresence(ctx, alice.UserID)
 	if err != nil || pres.Presence != "unavailable" || pres.StatusMsg != "away" {
 		t.Fatalf("presence = %+v, %v", pres, err)
 	}

@@ -33,8 +33,13 @@ func (s *Server) registerDiscovery() {
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"m.server": s.cfg.WellKnownServer})
 	})
-	s.handle("GET /_matrix/client/v3/capabilities", s.authed(func(w http.ResponseWriter, r *http.Request, _ *Session) {
-		writeJSON(w, http.StatusOK, map[string]any{"capabilities": s.capabilities()})
+	s.handle("GET /_matrix/client/v3/capabilities", s.authed(func(w http.ResponseWriter, r *http.Request, sess *Session) {
+		caps := s.capabilities()
+		// MSC4323: only admins may use the moderation endpoints.
+		if s.isServerAdmin(r.Context(), sess.UserID) {
+			caps["m.account_moderation"] = map[string]bool{"suspend": true, "lock": true}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"capabilities": caps})
 	}))
 }
 
@@ -49,6 +54,8 @@ func (s *Server) capabilities() map[string]any {
 		"m.set_displayname": map[string]bool{"enabled": true},
 		"m.set_avatar_url":  map[string]bool{"enabled": true},
 		"m.3pid_changes":    map[string]bool{"enabled": false},
+		// MSC4133: any field may be set, within the size limits.
+		"m.profile_fields":  map[string]bool{"enabled": true},
 		"m.get_login_token": map[string]bool{"enabled": false},
 	}
 }

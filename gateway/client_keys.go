@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strconv"
@@ -92,41 +93,27 @@ func fanOut[T any](items []T, fn func(T)) {
 // cross-signing keys) changed.
 func (s *Server) notifyDeviceListChange(ctx context.Context, userID string) {
 	body, _ := json.Marshal(userID)
-	targets := map[string]bool{userID: true}
-	var mu sync.Mutex
-	if rep, err := s.accountQuery(ctx, &pb.AccountQuery{UserId: userID, Kind: "joined_rooms"}); err == nil {
-		var jr struct {
-			JoinedRooms []string `json:"joined_rooms"`
-		}
-		_ = json.Unmarshal(rep.Json, &jr)
-		s.fanOutRooms(ctx, jr.JoinedRooms, func(room string) error {
-			res, err := s.router.Request(ctx, &pb.RoomQuery{RoomId: room, UserId: userID, Kind: "joined_members"})
-			if err != nil {
-				return err
-			}
-			rep, ok := res.(*pb.RoomQueryReply)
-			if !ok {
-				return errors.New("gateway: unexpected room reply")
-			}
-			var jm struct {
-				Joined map[string]json.RawMessage `json:"joined"`
-			}
-			if err := json.Unmarshal(rep.Json, &jm); err != nil {
-				return err
-			}
-			mu.Lock()
-			for u := range jm.Joined {
-				if s.isLocalUser(u) {
-					targets[u] = true
-				}
-			}
-			mu.Unlock()
-			return nil
-		})
-	}
+	targets := s.localRoomPeers(ctx, userID)
+	targets[userID] = true
 	for u := range targets {
 		s.router.Send(&pb.UserKeysOp{UserId: u, Op: "devlist_changed", Body: body})
 	}
+}
+
+// localRoomPeers returns the local users sharing a joined room with userID
+// (userID among them when it is joined anywhere).
+func (s *Server) localRoomPeers(ctx context.Context, userID string) map[string]bool {
+	rep, err := s.accountQuery(ctx, &pb.AccountQuery{UserId: userID, Kind: "joined_rooms"})
+	if err != nil {
+		return map[string]bool{}
+	}
+	var jr struct {
+		JoinedRooms []string `json:"joined_rooms"`
+	}
+	_ = json.Unmarshal(rep.Json, &jr)
+	return actors.LocalRoomPeers(ctx, s.router, s.server.ServerName, userID, jr.JoinedRooms, func(room string, err error) {
+		s.log.Warn("gateway: room members lookup failed", slog.String("room", room), slog.Any("err", err))
+	})
 }
 
 // ---- /keys/upload ----

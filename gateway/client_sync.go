@@ -286,6 +286,9 @@ func (s *Server) sync(ctx context.Context, sess *Session, since string, timeout 
 			}
 		}
 		inbox.addTo(resp)
+		if plan.Initial {
+			s.addPeerPresence(ctx, sess.UserID, resp, filter)
+		}
 		resp.DeviceLists = plan.DeviceLists
 		if since != "" {
 			resp.DeviceLists = s.withLeftUsers(ctx, sess, resp, withJoinedUsers(resp, plan.DeviceLists, sess.UserID))
@@ -327,6 +330,7 @@ func (s *Server) gatherRooms(ctx context.Context, sess *Session, plan *pb.SyncPl
 		}
 		planned = append(planned, pr)
 	}
+	rules := s.syncPushRules(ctx, sess.UserID, planned)
 	results := make([]roomResult, len(planned))
 	sem := make(chan struct{}, syncRoomFanout)
 	var wg sync.WaitGroup
@@ -337,7 +341,7 @@ func (s *Server) gatherRooms(ctx context.Context, sess *Session, plan *pb.SyncPl
 			defer func() { <-sem; wg.Done() }()
 			res, err := s.router.Request(ctx, &pb.SyncRoom{RoomId: pr.RoomId, UserId: sess.UserID, DeviceId: sess.DeviceID,
 				From: pr.From, Limit: limit, Filter: timelineFilter, FullState: fullState || pr.Newly,
-				Membership: pr.Membership, MembershipPos: pr.MembershipPos, EphemeralFrom: pr.EphemeralFrom})
+				Membership: pr.Membership, MembershipPos: pr.MembershipPos, EphemeralFrom: pr.EphemeralFrom, PushRules: rules})
 			results[i].room = pr
 			if err != nil {
 				results[i].err = err

@@ -104,6 +104,10 @@ func (s *Server) handleGetProfile(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
+	if err := s.profileLookupAllowed(r, userID); err != nil {
+		writeError(w, r, err)
+		return
+	}
 	p, err := s.profile(r.Context(), userID)
 	if err != nil {
 		writeError(w, r, err)
@@ -120,6 +124,10 @@ func (s *Server) handleGetProfileField(w http.ResponseWriter, r *http.Request) {
 	}
 	key := r.PathValue("keyName")
 	if err := checkProfileKey(key); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if err := s.profileLookupAllowed(r, userID); err != nil {
 		writeError(w, r, err)
 		return
 	}
@@ -188,6 +196,9 @@ func profileValue(key string, raw json.RawMessage) ([]byte, error) {
 		}
 		if str == "" && key != "m.tz" {
 			return nil, nil
+		}
+		if key == "m.tz" && !validTimeZone(str) {
+			return nil, actors.ErrInvalidParam("m.tz must be an IANA time zone name")
 		}
 	}
 	v, err := eventgraph.CanonicalJSONLenient(raw)
@@ -595,6 +606,18 @@ func (s *Server) handleGetPresence(w http.ResponseWriter, r *http.Request, sess 
 	if !rep.Found {
 		writeError(w, r, actors.ErrNotFound("no presence known for this user"))
 		return
+	}
+	if userID != sess.UserID {
+		// Another user's presence is visible to those sharing a room.
+		shared, err := s.sharesRoom(r.Context(), sess.UserID, userID)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if !shared {
+			writeError(w, r, actors.ErrForbidden("you do not share a room with this user"))
+			return
+		}
 	}
 	writeJSON(w, http.StatusOK, rep.Json)
 }

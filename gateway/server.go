@@ -27,6 +27,11 @@ type Config struct {
 	RegistrationTokens []string
 	// RegistrationSharedSecret enables /_synapse/admin/v1/register.
 	RegistrationSharedSecret string
+	// RestrictProfileLookups answers profile look-ups with 403 M_FORBIDDEN
+	// unless the caller is authenticated and shares a room with the user
+	// or the user is in a public room (MSC4170). Off, as Synapse's default:
+	// profiles are public.
+	RestrictProfileLookups bool
 	// Terms are the policies users must accept at registration (MSC1692);
 	// empty means no m.login.terms stage.
 	Terms map[string]TermsPolicy
@@ -56,6 +61,10 @@ type Config struct {
 	// Federation configures the outbound federation client and key
 	// fetching (federation.go).
 	Federation FederationConfig
+	// PushAllowPrivate lets pushes go to push gateways on loopback and
+	// private addresses (tests, a gateway on the same host); off, only
+	// public addresses are reached (push.go).
+	PushAllowPrivate bool
 	// Media bounds the content repository (client_media.go).
 	Media MediaConfig
 	Log   *slog.Logger
@@ -171,11 +180,13 @@ func (s *Server) routes() {
 	s.registerSync()
 	s.registerUserData()
 	s.registerPushRules()
+	s.registerPush()
 	s.registerDirectory()
 	s.registerRoomsExtra()
 	s.registerFederation()
 	s.registerMedia()
 	s.registerE2EE()
+	s.registerModeration()
 }
 
 // middleware wraps every request: panic recovery, CORS, body and

@@ -62,6 +62,10 @@ type Account struct {
 	CreatedTS    int64  `json:"created_ts"`
 	// AcceptedTerms maps policy ID → version accepted at registration.
 	AcceptedTerms map[string]string `json:"accepted_terms,omitempty"`
+	// Suspended (MSC3823) and Locked (MSC3939) are set by a server admin
+	// and copied to every device of the user, which enforces them.
+	Suspended bool `json:"suspended,omitempty"`
+	Locked    bool `json:"locked,omitempty"`
 }
 
 // Presence is a user's last set presence.
@@ -147,6 +151,10 @@ type Device struct {
 	LastSeenIP string `json:"last_seen_ip,omitempty"`
 	LastSeenTS int64  `json:"last_seen_ts,omitempty"`
 	CreatedTS  int64  `json:"created_ts"`
+	// Suspended and Locked mirror the account's flags, so that checking a
+	// token is the one hop that also tells what the caller may do.
+	Suspended bool `json:"suspended,omitempty"`
+	Locked    bool `json:"locked,omitempty"`
 }
 
 // UserTx reads and writes one user's data inside a bbolt transaction.

@@ -847,7 +847,10 @@ type SyncRoom struct {
 	MembershipPos uint64                 `protobuf:"varint,8,opt,name=membership_pos,json=membershipPos,proto3" json:"membership_pos,omitempty"`
 	EphemeralFrom uint64                 `protobuf:"varint,9,opt,name=ephemeral_from,json=ephemeralFrom,proto3" json:"ephemeral_from,omitempty"`
 	// device_id is the syncing device: its own sends carry unsigned.transaction_id.
-	DeviceId      string `protobuf:"bytes,10,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	DeviceId string `protobuf:"bytes,10,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// push_rules is the user's ruleset ({"global": PushRuleset}) the room
+	// counts unread notifications with; empty: counts are reported as zero.
+	PushRules     []byte `protobuf:"bytes,11,opt,name=push_rules,json=pushRules,proto3" json:"push_rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -950,6 +953,13 @@ func (x *SyncRoom) GetDeviceId() string {
 		return x.DeviceId
 	}
 	return ""
+}
+
+func (x *SyncRoom) GetPushRules() []byte {
+	if x != nil {
+		return x.PushRules
+	}
+	return nil
 }
 
 type SyncRoomReply struct {
@@ -2004,12 +2014,16 @@ func (x *SyncDoneReply) GetNextBatch() string {
 }
 
 type DeviceLogin struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	TokenHash     []byte                 `protobuf:"bytes,3,opt,name=token_hash,json=tokenHash,proto3" json:"token_hash,omitempty"`
-	DisplayName   string                 `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
-	Ip            string                 `protobuf:"bytes,5,opt,name=ip,proto3" json:"ip,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	UserId      string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId    string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	TokenHash   []byte                 `protobuf:"bytes,3,opt,name=token_hash,json=tokenHash,proto3" json:"token_hash,omitempty"`
+	DisplayName string                 `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	Ip          string                 `protobuf:"bytes,5,opt,name=ip,proto3" json:"ip,omitempty"`
+	// The account's moderation flags at login (MSC3823, MSC3939), from the
+	// user actor's add_device reply.
+	Locked        bool `protobuf:"varint,6,opt,name=locked,proto3" json:"locked,omitempty"`
+	Suspended     bool `protobuf:"varint,7,opt,name=suspended,proto3" json:"suspended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2077,6 +2091,20 @@ func (x *DeviceLogin) GetIp() string {
 		return x.Ip
 	}
 	return ""
+}
+
+func (x *DeviceLogin) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *DeviceLogin) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
+	}
+	return false
 }
 
 type DeviceAuth struct {
@@ -2150,6 +2178,8 @@ func (x *DeviceAuth) GetIp() string {
 type DeviceAuthReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Valid         bool                   `protobuf:"varint,1,opt,name=valid,proto3" json:"valid,omitempty"`
+	Locked        bool                   `protobuf:"varint,2,opt,name=locked,proto3" json:"locked,omitempty"`       // MSC3939: all but logout answer 401 M_USER_LOCKED
+	Suspended     bool                   `protobuf:"varint,3,opt,name=suspended,proto3" json:"suspended,omitempty"` // MSC3823: write actions answer 403 M_USER_SUSPENDED
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2187,6 +2217,20 @@ func (*DeviceAuthReply) Descriptor() ([]byte, []int) {
 func (x *DeviceAuthReply) GetValid() bool {
 	if x != nil {
 		return x.Valid
+	}
+	return false
+}
+
+func (x *DeviceAuthReply) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *DeviceAuthReply) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
 	}
 	return false
 }
@@ -2320,11 +2364,15 @@ func (x *DeviceInfo) GetExists() bool {
 }
 
 type DeviceUpdate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	DeviceId      string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"` // display_name, logout
-	DisplayName   string                 `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	UserId      string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	DeviceId    string                 `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	Kind        string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"` // display_name, logout, moderation
+	DisplayName string                 `protobuf:"bytes,4,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// moderation: the account's new flags, copied by the gateway to every
+	// device after the user actor stored them.
+	Locked        bool `protobuf:"varint,5,opt,name=locked,proto3" json:"locked,omitempty"`
+	Suspended     bool `protobuf:"varint,6,opt,name=suspended,proto3" json:"suspended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2385,6 +2433,20 @@ func (x *DeviceUpdate) GetDisplayName() string {
 		return x.DisplayName
 	}
 	return ""
+}
+
+func (x *DeviceUpdate) GetLocked() bool {
+	if x != nil {
+		return x.Locked
+	}
+	return false
+}
+
+func (x *DeviceUpdate) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
+	}
+	return false
 }
 
 type AliasOp struct {
@@ -5638,6 +5700,345 @@ func (x *RoomSearch) GetOrderBy() string {
 	return ""
 }
 
+// PresenceNotice tells, fire-and-forget, the user actor of user_id (a local
+// user sharing a joined room with sender) that sender's visible presence
+// changed: state, status message and when sender was last active.
+type PresenceNotice struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	UserId          string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Sender          string                 `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`
+	Presence        string                 `protobuf:"bytes,3,opt,name=presence,proto3" json:"presence,omitempty"`
+	StatusMsg       string                 `protobuf:"bytes,4,opt,name=status_msg,json=statusMsg,proto3" json:"status_msg,omitempty"`
+	HasStatusMsg    bool                   `protobuf:"varint,5,opt,name=has_status_msg,json=hasStatusMsg,proto3" json:"has_status_msg,omitempty"`
+	LastActiveTs    int64                  `protobuf:"varint,6,opt,name=last_active_ts,json=lastActiveTs,proto3" json:"last_active_ts,omitempty"`
+	CurrentlyActive bool                   `protobuf:"varint,7,opt,name=currently_active,json=currentlyActive,proto3" json:"currently_active,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PresenceNotice) Reset() {
+	*x = PresenceNotice{}
+	mi := &file_messages_proto_msgTypes[79]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceNotice) ProtoMessage() {}
+
+func (x *PresenceNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[79]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceNotice.ProtoReflect.Descriptor instead.
+func (*PresenceNotice) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{79}
+}
+
+func (x *PresenceNotice) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PresenceNotice) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
+
+func (x *PresenceNotice) GetPresence() string {
+	if x != nil {
+		return x.Presence
+	}
+	return ""
+}
+
+func (x *PresenceNotice) GetStatusMsg() string {
+	if x != nil {
+		return x.StatusMsg
+	}
+	return ""
+}
+
+func (x *PresenceNotice) GetHasStatusMsg() bool {
+	if x != nil {
+		return x.HasStatusMsg
+	}
+	return false
+}
+
+func (x *PresenceNotice) GetLastActiveTs() int64 {
+	if x != nil {
+		return x.LastActiveTs
+	}
+	return 0
+}
+
+func (x *PresenceNotice) GetCurrentlyActive() bool {
+	if x != nil {
+		return x.CurrentlyActive
+	}
+	return false
+}
+
+// PresenceTick is sent by a user actor to itself: kind "timer" when an
+// automatic presence transition may be due, "fanout_done" when a presence
+// fan-out it started has been sent.
+type PresenceTick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceTick) Reset() {
+	*x = PresenceTick{}
+	mi := &file_messages_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceTick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceTick) ProtoMessage() {}
+
+func (x *PresenceTick) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceTick.ProtoReflect.Descriptor instead.
+func (*PresenceTick) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *PresenceTick) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PresenceTick) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *PresenceTick) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+// PushNotice tells a local joined member's user actor about an event
+// committed in the room, with what push rule evaluation needs to know of
+// the room (see actors/user_push.go). Fire-and-forget.
+type PushNotice struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	UserId             string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	RoomId             string                 `protobuf:"bytes,2,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	Event              []byte                 `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"` // the event, client format
+	MemberCount        int32                  `protobuf:"varint,4,opt,name=member_count,json=memberCount,proto3" json:"member_count,omitempty"`
+	SenderPowerLevel   int64                  `protobuf:"varint,5,opt,name=sender_power_level,json=senderPowerLevel,proto3" json:"sender_power_level,omitempty"`
+	NotificationLevels map[string]int64       `protobuf:"bytes,6,rep,name=notification_levels,json=notificationLevels,proto3" json:"notification_levels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	DisplayName        string                 `protobuf:"bytes,7,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"` // the user's display name in the room
+	SenderDisplayName  string                 `protobuf:"bytes,8,opt,name=sender_display_name,json=senderDisplayName,proto3" json:"sender_display_name,omitempty"`
+	RoomName           string                 `protobuf:"bytes,9,opt,name=room_name,json=roomName,proto3" json:"room_name,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *PushNotice) Reset() {
+	*x = PushNotice{}
+	mi := &file_messages_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushNotice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushNotice) ProtoMessage() {}
+
+func (x *PushNotice) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushNotice.ProtoReflect.Descriptor instead.
+func (*PushNotice) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *PushNotice) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PushNotice) GetRoomId() string {
+	if x != nil {
+		return x.RoomId
+	}
+	return ""
+}
+
+func (x *PushNotice) GetEvent() []byte {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *PushNotice) GetMemberCount() int32 {
+	if x != nil {
+		return x.MemberCount
+	}
+	return 0
+}
+
+func (x *PushNotice) GetSenderPowerLevel() int64 {
+	if x != nil {
+		return x.SenderPowerLevel
+	}
+	return 0
+}
+
+func (x *PushNotice) GetNotificationLevels() map[string]int64 {
+	if x != nil {
+		return x.NotificationLevels
+	}
+	return nil
+}
+
+func (x *PushNotice) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *PushNotice) GetSenderDisplayName() string {
+	if x != nil {
+		return x.SenderDisplayName
+	}
+	return ""
+}
+
+func (x *PushNotice) GetRoomName() string {
+	if x != nil {
+		return x.RoomName
+	}
+	return ""
+}
+
+// PushResult is what one push gateway request came to, sent by the user
+// actor's delivery goroutine to the actor. Fire-and-forget.
+type PushResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	AppId         string                 `protobuf:"bytes,2,opt,name=app_id,json=appId,proto3" json:"app_id,omitempty"`
+	Pushkey       string                 `protobuf:"bytes,3,opt,name=pushkey,proto3" json:"pushkey,omitempty"`
+	Rejected      bool                   `protobuf:"varint,4,opt,name=rejected,proto3" json:"rejected,omitempty"` // the gateway rejected the pushkey: drop the pusher
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PushResult) Reset() {
+	*x = PushResult{}
+	mi := &file_messages_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PushResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PushResult) ProtoMessage() {}
+
+func (x *PushResult) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
+func (*PushResult) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *PushResult) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *PushResult) GetAppId() string {
+	if x != nil {
+		return x.AppId
+	}
+	return ""
+}
+
+func (x *PushResult) GetPushkey() string {
+	if x != nil {
+		return x.Pushkey
+	}
+	return ""
+}
+
+func (x *PushResult) GetRejected() bool {
+	if x != nil {
+		return x.Rejected
+	}
+	return false
+}
+
 var File_messages_proto protoreflect.FileDescriptor
 
 const file_messages_proto_rawDesc = "" +
@@ -5716,7 +6117,7 @@ const file_messages_proto_rawDesc = "" +
 	"membership\x12%\n" +
 	"\x0enot_membership\x18\x0e \x01(\tR\rnotMembership\"$\n" +
 	"\x0eRoomQueryReply\x12\x12\n" +
-	"\x04json\x18\x01 \x01(\fR\x04json\"\xa8\x02\n" +
+	"\x04json\x18\x01 \x01(\fR\x04json\"\xc7\x02\n" +
 	"\bSyncRoom\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x12\n" +
@@ -5731,7 +6132,9 @@ const file_messages_proto_rawDesc = "" +
 	"\x0emembership_pos\x18\b \x01(\x04R\rmembershipPos\x12%\n" +
 	"\x0eephemeral_from\x18\t \x01(\x04R\rephemeralFrom\x12\x1b\n" +
 	"\tdevice_id\x18\n" +
-	" \x01(\tR\bdeviceId\"p\n" +
+	" \x01(\tR\bdeviceId\x12\x1d\n" +
+	"\n" +
+	"push_rules\x18\v \x01(\fR\tpushRules\"p\n" +
 	"\rSyncRoomReply\x12\x12\n" +
 	"\x04json\x18\x01 \x01(\fR\x04json\x12\x10\n" +
 	"\x03pos\x18\x02 \x01(\x04R\x03pos\x12#\n" +
@@ -5824,23 +6227,27 @@ const file_messages_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\".\n" +
 	"\rSyncDoneReply\x12\x1d\n" +
 	"\n" +
-	"next_batch\x18\x01 \x01(\tR\tnextBatch\"\x95\x01\n" +
+	"next_batch\x18\x01 \x01(\tR\tnextBatch\"\xcb\x01\n" +
 	"\vDeviceLogin\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1d\n" +
 	"\n" +
 	"token_hash\x18\x03 \x01(\fR\ttokenHash\x12!\n" +
 	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12\x0e\n" +
-	"\x02ip\x18\x05 \x01(\tR\x02ip\"q\n" +
+	"\x02ip\x18\x05 \x01(\tR\x02ip\x12\x16\n" +
+	"\x06locked\x18\x06 \x01(\bR\x06locked\x12\x1c\n" +
+	"\tsuspended\x18\a \x01(\bR\tsuspended\"q\n" +
 	"\n" +
 	"DeviceAuth\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x1d\n" +
 	"\n" +
 	"token_hash\x18\x03 \x01(\fR\ttokenHash\x12\x0e\n" +
-	"\x02ip\x18\x04 \x01(\tR\x02ip\"'\n" +
+	"\x02ip\x18\x04 \x01(\tR\x02ip\"]\n" +
 	"\x0fDeviceAuthReply\x12\x14\n" +
-	"\x05valid\x18\x01 \x01(\bR\x05valid\"C\n" +
+	"\x05valid\x18\x01 \x01(\bR\x05valid\x12\x16\n" +
+	"\x06locked\x18\x02 \x01(\bR\x06locked\x12\x1c\n" +
+	"\tsuspended\x18\x03 \x01(\bR\tsuspended\"C\n" +
 	"\vDeviceQuery\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\"\xa8\x01\n" +
@@ -5852,12 +6259,14 @@ const file_messages_proto_rawDesc = "" +
 	"lastSeenIp\x12 \n" +
 	"\flast_seen_ts\x18\x04 \x01(\x03R\n" +
 	"lastSeenTs\x12\x16\n" +
-	"\x06exists\x18\x05 \x01(\bR\x06exists\"{\n" +
+	"\x06exists\x18\x05 \x01(\bR\x06exists\"\xb1\x01\n" +
 	"\fDeviceUpdate\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x1b\n" +
 	"\tdevice_id\x18\x02 \x01(\tR\bdeviceId\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12!\n" +
-	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\"w\n" +
+	"\fdisplay_name\x18\x04 \x01(\tR\vdisplayName\x12\x16\n" +
+	"\x06locked\x18\x05 \x01(\bR\x06locked\x12\x1c\n" +
+	"\tsuspended\x18\x06 \x01(\bR\tsuspended\"w\n" +
 	"\aAliasOp\x12\x14\n" +
 	"\x05alias\x18\x01 \x01(\tR\x05alias\x12\x0e\n" +
 	"\x02op\x18\x02 \x01(\tR\x02op\x12\x17\n" +
@@ -6117,7 +6526,40 @@ const file_messages_proto_rawDesc = "" +
 	"\x04term\x18\x03 \x01(\tR\x04term\x12\x12\n" +
 	"\x04keys\x18\x04 \x03(\tR\x04keys\x12\x14\n" +
 	"\x05limit\x18\x05 \x01(\x05R\x05limit\x12\x19\n" +
-	"\border_by\x18\x06 \x01(\tR\aorderByB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
+	"\border_by\x18\x06 \x01(\tR\aorderBy\"\xf3\x01\n" +
+	"\x0ePresenceNotice\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06sender\x18\x02 \x01(\tR\x06sender\x12\x1a\n" +
+	"\bpresence\x18\x03 \x01(\tR\bpresence\x12\x1d\n" +
+	"\n" +
+	"status_msg\x18\x04 \x01(\tR\tstatusMsg\x12$\n" +
+	"\x0ehas_status_msg\x18\x05 \x01(\bR\fhasStatusMsg\x12$\n" +
+	"\x0elast_active_ts\x18\x06 \x01(\x03R\flastActiveTs\x12)\n" +
+	"\x10currently_active\x18\a \x01(\bR\x0fcurrentlyActive\"M\n" +
+	"\fPresenceTick\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x10\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\"\xbf\x03\n" +
+	"\n" +
+	"PushNotice\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x17\n" +
+	"\aroom_id\x18\x02 \x01(\tR\x06roomId\x12\x14\n" +
+	"\x05event\x18\x03 \x01(\fR\x05event\x12!\n" +
+	"\fmember_count\x18\x04 \x01(\x05R\vmemberCount\x12,\n" +
+	"\x12sender_power_level\x18\x05 \x01(\x03R\x10senderPowerLevel\x12a\n" +
+	"\x13notification_levels\x18\x06 \x03(\v20.shoal.actors.PushNotice.NotificationLevelsEntryR\x12notificationLevels\x12!\n" +
+	"\fdisplay_name\x18\a \x01(\tR\vdisplayName\x12.\n" +
+	"\x13sender_display_name\x18\b \x01(\tR\x11senderDisplayName\x12\x1b\n" +
+	"\troom_name\x18\t \x01(\tR\broomName\x1aE\n" +
+	"\x17NotificationLevelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"r\n" +
+	"\n" +
+	"PushResult\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x15\n" +
+	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12\x18\n" +
+	"\apushkey\x18\x03 \x01(\tR\apushkey\x12\x1a\n" +
+	"\brejected\x18\x04 \x01(\bR\brejectedB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
 
 var (
 	file_messages_proto_rawDescOnce sync.Once
@@ -6131,7 +6573,7 @@ func file_messages_proto_rawDescGZIP() []byte {
 	return file_messages_proto_rawDescData
 }
 
-var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
+var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
 var file_messages_proto_goTypes = []any{
 	(*Error)(nil),              // 0: shoal.actors.Error
 	(*Empty)(nil),              // 1: shoal.actors.Empty
@@ -6212,23 +6654,29 @@ var file_messages_proto_goTypes = []any{
 	(*UserDirUpdate)(nil),      // 76: shoal.actors.UserDirUpdate
 	(*UserDirSearch)(nil),      // 77: shoal.actors.UserDirSearch
 	(*RoomSearch)(nil),         // 78: shoal.actors.RoomSearch
-	nil,                        // 79: shoal.actors.SyncDone.PositionsEntry
-	nil,                        // 80: shoal.actors.SyncDone.EphemeralEntry
+	(*PresenceNotice)(nil),     // 79: shoal.actors.PresenceNotice
+	(*PresenceTick)(nil),       // 80: shoal.actors.PresenceTick
+	(*PushNotice)(nil),         // 81: shoal.actors.PushNotice
+	(*PushResult)(nil),         // 82: shoal.actors.PushResult
+	nil,                        // 83: shoal.actors.SyncDone.PositionsEntry
+	nil,                        // 84: shoal.actors.SyncDone.EphemeralEntry
+	nil,                        // 85: shoal.actors.PushNotice.NotificationLevelsEntry
 }
 var file_messages_proto_depIdxs = []int32{
 	2,  // 0: shoal.actors.CreateRoom.initial:type_name -> shoal.actors.StateEvent
 	22, // 1: shoal.actors.SyncPlanReply.rooms:type_name -> shoal.actors.PlannedRoom
-	79, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
-	80, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
+	83, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
+	84, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
 	57, // 4: shoal.actors.MediaBegin.limits:type_name -> shoal.actors.MediaLimits
 	57, // 5: shoal.actors.MediaCommit.limits:type_name -> shoal.actors.MediaLimits
 	57, // 6: shoal.actors.MediaCreate.limits:type_name -> shoal.actors.MediaLimits
 	67, // 7: shoal.actors.ServerKeysReply.keys:type_name -> shoal.actors.ServerKey
-	8,  // [8:8] is the sub-list for method output_type
-	8,  // [8:8] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	85, // 8: shoal.actors.PushNotice.notification_levels:type_name -> shoal.actors.PushNotice.NotificationLevelsEntry
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_messages_proto_init() }
@@ -6242,7 +6690,7 @@ func file_messages_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_proto_rawDesc), len(file_messages_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   81,
+			NumMessages:   86,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

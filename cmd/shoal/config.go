@@ -35,6 +35,7 @@ type Config struct {
 	Registration             string                         `yaml:"registration"`
 	RegistrationSharedSecret string                         `yaml:"registration_shared_secret"`
 	RegistrationTokens       []string                       `yaml:"registration_tokens"`
+	RestrictProfileLookups   bool                           `yaml:"restrict_profile_lookups"`
 	NoRateLimit              bool                           `yaml:"no_rate_limit"`
 	RateLimitPerSecond       float64                        `yaml:"rate_limit_per_second"`
 	RateLimitBurst           int                            `yaml:"rate_limit_burst"`
@@ -60,6 +61,8 @@ type Config struct {
 	FederationCAFile       string                     `yaml:"federation_ca_file"`
 	FederationAllowPrivate bool                       `yaml:"federation_allow_private"`
 	TrustedKeyServers      []gateway.TrustedKeyServer `yaml:"trusted_key_servers"`
+	// PushAllowPrivate lets push notifications go to private addresses.
+	PushAllowPrivate bool `yaml:"push_allow_private"`
 
 	MediaMaxUploadBytes       int64     `yaml:"media_max_upload_bytes"`
 	MediaQuotaBytes           int64     `yaml:"media_quota_bytes"`
@@ -158,6 +161,11 @@ func settings() []setting {
 		}},
 		{name: "registration-shared-secret", usage: "secret for /_synapse/admin/v1/register (default: generated in the data dir)", set: str(func(c *Config) *string { return &c.RegistrationSharedSecret })},
 		{name: "registration-tokens", usage: "tokens accepted when registration is token, comma-separated", set: list(func(c *Config) *[]string { return &c.RegistrationTokens })},
+		{name: "restrict-profile-lookups", usage: "answer profile look-ups of users who share no room with the caller and are in no public room with 403 (MSC4170)", bool: true, set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			c.RestrictProfileLookups = b
+			return err
+		}},
 		{name: "no-rate-limit", usage: "switch rate limits and per-address limits off (load tools, reverse proxies)", bool: true, set: func(c *Config, v string) error {
 			b, err := strconv.ParseBool(v)
 			c.NoRateLimit = b
