@@ -91,8 +91,9 @@ type host struct {
 	store *storage.Partition // the copy held here, if any
 	epoch uint64             // the epoch the actors write under while serving
 
-	children map[string]*actor.PID // identity → live activation
-	names    map[string]string     // child PID id → identity
+	children map[string]*actor.PID    // identity → live activation
+	names    map[string]string        // child PID id → identity
+	depths   map[string]*mailboxDepth // child PID id → its mailbox counter
 	// stopping holds messages for identities whose previous activation is
 	// still stopping; they are delivered to the next activation.
 	stopping map[string][]pendingMessage
@@ -135,7 +136,7 @@ type (
 )
 
 func newHost(n *Node, p uint32) *host {
-	h := &host{partition: p, node: n, children: map[string]*actor.PID{}, names: map[string]string{},
+	h := &host{partition: p, node: n, children: map[string]*actor.PID{}, names: map[string]string{}, depths: map[string]*mailboxDepth{},
 		stopping: map[string][]pendingMessage{}}
 	h.publish()
 	return h
@@ -322,13 +323,16 @@ func (h *host) activate(ctx actor.Context, id string) (*actor.PID, error) {
 		Now:         h.node.cfg.Now,
 		IdleTimeout: h.node.cfg.IdleTimeout,
 	}
-	props := actor.PropsFromProducer(func() actor.Actor { return &guarded{inner: produce(env)} })
+	depth := &mailboxDepth{total: &h.node.metrics.queued}
+	props := actor.PropsFromProducer(func() actor.Actor { return &guarded{inner: produce(env)} },
+		actor.WithMailbox(actor.Unbounded(depth)))
 	pid, err := ctx.SpawnNamed(props, id)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: spawn %s: %w", id, err)
 	}
 	h.children[id] = pid
 	h.names[pid.Id] = id
+	h.depths[pid.Id] = depth
 	h.node.metrics.activations.Add(1)
 	return pid, nil
 }
@@ -353,6 +357,10 @@ func (h *host) terminated(ctx actor.Context, who *actor.PID) {
 	}
 	delete(h.names, who.Id)
 	h.node.metrics.activations.Add(-1)
+	if d, ok := h.depths[who.Id]; ok {
+		delete(h.depths, who.Id)
+		d.discard()
+	}
 	if cur, ok := h.children[id]; ok && cur.Id == who.Id {
 		// Stopped without passivating (supervision gave up after repeated
 		// panics): the next message activates it afresh from storage.
@@ -786,3 +794,19 @@ func cutKind(identity string) (kind, rest string, ok bool) {
 }
 
 func hostName(p uint32) string { return fmt.Sprintf("partition-%d", p) }
+
+// mailboxDepth counts the messages waiting in one activation's mailbox and
+// keeps the node's total (the shoal_actor_mailbox_depth metric) in step.
+// Its hooks run on the mailbox's goroutines, hence the atomics.
+type mailboxDepth struct {
+	own   atomic.Int64
+	total *atomic.Int64
+}
+
+func (d *mailboxDepth) MailboxStarted()     {}
+func (d *mailboxDepth) MailboxEmpty()       {}
+func (d *mailboxDepth) MessagePosted(any)   { d.own.Add(1); d.total.Add(1) }
+func (d *mailboxDepth) MessageReceived(any) { d.own.Add(-1); d.total.Add(-1) }
+
+// discard removes what a stopped activation left unprocessed from the total.
+func (d *mailboxDepth) discard() { d.total.Add(-d.own.Swap(0)) }

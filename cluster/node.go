@@ -108,6 +108,7 @@ type Node struct {
 
 	metrics struct {
 		activations atomic.Int64
+		queued      atomic.Int64 // messages waiting in activations' mailboxes
 	}
 }
 
@@ -517,6 +518,10 @@ func (n *Node) stop(ctx context.Context) error {
 
 // ActiveActors is the number of activations on this node.
 func (n *Node) ActiveActors() int64 { return n.metrics.activations.Load() }
+
+// QueuedMessages is the number of messages waiting in the mailboxes of this
+// node's activations: how far its actors are behind.
+func (n *Node) QueuedMessages() int64 { return n.metrics.queued.Load() }
 
 // PartitionCount is the cluster's fixed number of partitions.
 func (n *Node) PartitionCount() uint32 { return n.cfg.Partitions }

@@ -20,6 +20,7 @@ import (
 // counter is a test actor kind: it persists a counter per identity and
 // answers AccountUpdate with its value; key "panic" makes it panic.
 type counter struct {
+	gate   chan struct{}
 	env    *actors.Env
 	value  uint64
 	starts *atomic.Int64
@@ -50,6 +51,10 @@ func (c *counter) Receive(ctx actor.Context) {
 		if m.Kind == "panic" {
 			panic("asked to")
 		}
+		if m.Kind == "block" {
+			<-c.gate // hold the actor busy so its mailbox fills
+			return
+		}
 		next := c.value + 1
 		err := c.env.Partition.Update(context.Background(), func(tx *bbolt.Tx) error {
 			b, err := tx.CreateBucketIfNotExists([]byte(c.env.Identity))
@@ -69,6 +74,7 @@ func (c *counter) Receive(ctx actor.Context) {
 
 type testKinds struct {
 	starts, live atomic.Int64
+	gate         chan struct{} // "block" requests wait on it
 }
 
 func startTestNode(t *testing.T, dir string, k *testKinds, idle time.Duration) *Node {
@@ -80,7 +86,9 @@ func startTestNode(t *testing.T, dir string, k *testKinds, idle time.Duration) *
 		IdleTimeout: idle,
 		Server:      &actors.ServerIdentity{ServerName: "test", KeyID: "ed25519:t", PrivateKey: priv},
 		Kinds: map[string]Producer{
-			pb.KindUser: func(env *actors.Env) actor.Actor { return &counter{env: env, starts: &k.starts, live: &k.live} },
+			pb.KindUser: func(env *actors.Env) actor.Actor {
+				return &counter{env: env, starts: &k.starts, live: &k.live, gate: k.gate}
+			},
 		},
 	})
 	if err != nil {
@@ -197,5 +205,34 @@ func TestRequestHonoursContext(t *testing.T) {
 	time.Sleep(time.Millisecond)
 	if _, err := n.Request(ctx, &pb.AccountUpdate{UserId: "@c:test"}); err == nil {
 		t.Fatal("expired context: want an error")
+	}
+}
+
+// The mailbox depth gauge counts what waits behind a busy actor and goes
+// back to zero once it has caught up.
+func TestQueuedMessages(t *testing.T) {
+	k := &testKinds{gate: make(chan struct{})}
+	n := startTestNode(t, t.TempDir(), k, time.Minute)
+	defer n.Stop(context.Background())
+	n.Send(&pb.AccountUpdate{UserId: "@slow:test", Kind: "block"})
+	for i := 0; i < 10; i++ {
+		n.Send(&pb.AccountUpdate{UserId: "@slow:test"})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for n.QueuedMessages() < 10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queued %d, want at least 10 behind the blocked message", n.QueuedMessages())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(k.gate)
+	if got := incr(t, n, "@slow:test"); got != 11 {
+		t.Fatalf("counter %d after the backlog, want 11", got)
+	}
+	for n.QueuedMessages() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queued %d after the backlog drained", n.QueuedMessages())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

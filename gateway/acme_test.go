@@ -44,6 +44,17 @@ type pebbleCA struct {
 	ready chan struct{} // closed once api is set
 }
 
+// statusWriter remembers the status code written through it.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
 // newPebble starts the CA's HTTPS server; its requests wait until start
 // gives the CA the port to validate on, which is known only once the node
 // listens (a node begins its ACME order as it starts).
@@ -57,7 +68,15 @@ func newPebble(t *testing.T) *pebbleCA {
 			return
 		}
 		if r.Method == http.MethodPost && r.URL.Path == "/order-plz" {
-			p.orders.Add(1)
+			// Count the orders Pebble created: by default it refuses 5% of
+			// nonces, and a client's retry of a refused request is no
+			// second order.
+			rec := &statusWriter{ResponseWriter: w}
+			p.api.ServeHTTP(rec, r)
+			if rec.status == http.StatusCreated {
+				p.orders.Add(1)
+			}
+			return
 		}
 		p.api.ServeHTTP(w, r)
 	}))

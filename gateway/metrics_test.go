@@ -81,6 +81,9 @@ func TestAdminMetricsAndPprof(t *testing.T) {
 	if v := metricValue(t, text, `shoal_http_request_duration_seconds_count{method="POST",route="POST /_matrix/client/v3/createRoom"}`); v != 1 {
 		t.Errorf("createRoom latency count %v", v)
 	}
+	if v := metricValue(t, text, "shoal_actor_mailbox_depth"); v < 0 {
+		t.Fatalf("mailbox depth %v", v)
+	}
 	if metricValue(t, text, "shoal_actors_active") < 2 {
 		t.Error("actors not counted")
 	}

@@ -147,6 +147,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	}
 	running = true
 	m.gaugeFunc("shoal_actors_active", "Actor activations on this node.", func() float64 { return float64(cn.ActiveActors()) })
+	m.gaugeFunc("shoal_actor_mailbox_depth", "Messages waiting in the mailboxes of this node's actors.", func() float64 { return float64(cn.QueuedMessages()) })
 	n := &Node{Cluster: cn, log: cfg.Log, errCh: make(chan error, 1), ownsCluster: cfg.Shared == nil}
 	n.Gateway = newServer(cfg.Gateway, cn, ident, m)
 	fail := func(err error) (*Node, error) {
