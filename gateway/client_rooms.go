@@ -180,6 +180,24 @@ func readReasonBody(r *http.Request) (*reasonBody, error) {
 	return &b, nil
 }
 
+// readMembershipRequest reads what invite, kick, ban and unban share: the
+// room ID from the path, and a body with a reason and a valid user_id.
+func readMembershipRequest(r *http.Request) (roomID string, b *reasonBody, err error) {
+	if roomID, err = pathRoomID(r); err != nil {
+		return "", nil, err
+	}
+	if b, err = readReasonBody(r); err != nil {
+		return "", nil, err
+	}
+	if b.UserID == "" {
+		return "", nil, errMissingParam("user_id is required")
+	}
+	if eventgraph.ValidateUserID(b.UserID) != nil {
+		return "", nil, actors.ErrInvalidParam("%q is not a valid user ID", b.UserID)
+	}
+	return roomID, b, nil
+}
+
 // ---- createRoom ----
 
 type createRoomRequest struct {
@@ -650,22 +668,9 @@ func (s *Server) handleKnock(w http.ResponseWriter, r *http.Request, sess *Sessi
 }
 
 func (s *Server) handleInvite(w http.ResponseWriter, r *http.Request, sess *Session) {
-	roomID, err := pathRoomID(r)
+	roomID, b, err := readMembershipRequest(r)
 	if err != nil {
 		writeError(w, r, err)
-		return
-	}
-	b, err := readReasonBody(r)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	if b.UserID == "" {
-		writeError(w, r, errMissingParam("user_id is required"))
-		return
-	}
-	if eventgraph.ValidateUserID(b.UserID) != nil {
-		writeError(w, r, actors.ErrInvalidParam("%q is not a valid user ID", b.UserID))
 		return
 	}
 	ctx := r.Context()
@@ -715,22 +720,9 @@ func (s *Server) handleLeave(w http.ResponseWriter, r *http.Request, sess *Sessi
 // unban: the body names the target.
 func (s *Server) handleModeration(membership string) func(http.ResponseWriter, *http.Request, *Session) {
 	return func(w http.ResponseWriter, r *http.Request, sess *Session) {
-		roomID, err := pathRoomID(r)
+		roomID, b, err := readMembershipRequest(r)
 		if err != nil {
 			writeError(w, r, err)
-			return
-		}
-		b, err := readReasonBody(r)
-		if err != nil {
-			writeError(w, r, err)
-			return
-		}
-		if b.UserID == "" {
-			writeError(w, r, errMissingParam("user_id is required"))
-			return
-		}
-		if eventgraph.ValidateUserID(b.UserID) != nil {
-			writeError(w, r, actors.ErrInvalidParam("%q is not a valid user ID", b.UserID))
 			return
 		}
 		_, err = roomRequest[*pb.SendEventReply](r.Context(), s, &pb.Membership{RoomId: roomID, Sender: sess.UserID,
