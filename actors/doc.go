@@ -1,6 +1,7 @@
 // Package actors holds shoal's virtual actors — room, user, device, alias,
-// directory and the certificate store (certs) — and the rules by which they
-// keep their state.
+// directory, user directory (userdir), media, remote server keys (server)
+// and the certificate store (certs) — and the rules by which they keep
+// their state.
 //
 // Each actor is the single writer of its own state. It is activated on its
 // first message by its partition's host (package cluster), loads its state

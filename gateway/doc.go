@@ -11,5 +11,7 @@
 // A handler decodes and bounds its input, turns it into messages to the
 // actors that own the data (through actors.Router, so it never knows which
 // node they live on) and turns their replies into the response. The gateway
-// never touches storage.
+// never touches storage, with one exception: media bytes are streamed to and
+// from files their media actor names (see client_media.go), so that no file
+// passes through an actor message.
 package gateway
