@@ -54,6 +54,9 @@ type mediaActor struct {
 	blobs    *storage.Blobs
 	loaded   bool
 	state    storage.MediaOwner
+	// sessions are the uploads streamed in from other nodes (see
+	// media_remote.go), by upload ID; only in memory.
+	sessions map[string]*uploadSession
 }
 
 // NewMedia makes the media actor of one uploader.
@@ -73,13 +76,26 @@ func (a *mediaActor) Receive(ctx actor.Context) {
 		a.blobs.SweepStaging(stagingMaxAge, a.env.Now())
 		return
 	case *actor.ReceiveTimeout:
-		// Everything is in storage: nothing is lost by stopping.
+		// Everything is in storage but open upload sessions, which have
+		// had no chunk for the whole timeout: nothing is lost by stopping.
+		a.dropSessions()
 		ctx.Send(ctx.Parent(), &pb.Passivate{Identity: a.env.Identity})
 		return
 	case *pb.MediaBegin:
 		res, err = a.begin(m)
+	case *actor.Stopping:
+		a.dropSessions()
+		return
 	case *pb.MediaCommit:
-		res, err = a.commit(m)
+		if m.UploadId != "" {
+			res, err = a.commitSession(m)
+		} else {
+			res, err = a.commit(m)
+		}
+	case *pb.MediaAppend:
+		res, err = a.appendChunk(m)
+	case *pb.MediaRead:
+		res, err = a.read(m)
 	case *pb.MediaCreate:
 		res, err = a.create(m)
 	case *pb.MediaGet:
@@ -197,6 +213,9 @@ func (a *mediaActor) begin(m *pb.MediaBegin) (*pb.MediaBeginReply, error) {
 	dir, err := a.blobs.StagingDir()
 	if err != nil {
 		return nil, err
+	}
+	if m.Remote {
+		return a.openSession(m, dir)
 	}
 	return &pb.MediaBeginReply{StagingDir: dir}, nil
 }
@@ -362,7 +381,7 @@ func (a *mediaActor) get(mediaID string) (*pb.MediaInfo, error) {
 		return pending, err
 	}
 	return &pb.MediaInfo{Path: a.blobs.Path(rec.SHA256), ContentType: rec.ContentType, Filename: rec.Filename,
-		Size: rec.Size, CreatedMs: rec.CreatedMs, Uploaded: true}, nil
+		Size: rec.Size, CreatedMs: rec.CreatedMs, Uploaded: true, Blob: rec.SHA256}, nil
 }
 
 func (a *mediaActor) thumbnail(m *pb.MediaThumbnail) (*pb.MediaInfo, error) {
@@ -377,7 +396,7 @@ func (a *mediaActor) thumbnail(m *pb.MediaThumbnail) (*pb.MediaInfo, error) {
 	key := preset.key()
 	info := func(t storage.MediaThumb) *pb.MediaInfo {
 		return &pb.MediaInfo{Path: a.blobs.Path(t.SHA256), ContentType: t.ContentType, Size: t.Size,
-			CreatedMs: rec.CreatedMs, Uploaded: true}
+			CreatedMs: rec.CreatedMs, Uploaded: true, Blob: t.SHA256}
 	}
 	if t, ok := rec.Thumbs[key]; ok && a.blobs.Has(t.SHA256) {
 		return info(t), nil
@@ -392,7 +411,7 @@ func (a *mediaActor) thumbnail(m *pb.MediaThumbnail) (*pb.MediaInfo, error) {
 		return nil, err
 	}
 	if res.original {
-		return &pb.MediaInfo{Path: src, ContentType: res.contentType, Size: rec.Size, CreatedMs: rec.CreatedMs, Uploaded: true}, nil
+		return &pb.MediaInfo{Path: src, ContentType: res.contentType, Size: rec.Size, CreatedMs: rec.CreatedMs, Uploaded: true, Blob: rec.SHA256}, nil
 	}
 	if _, _, err := a.blobs.Adopt(res.path, res.sum); err != nil {
 		_ = os.Remove(res.path)

@@ -31,7 +31,8 @@ import (
 // staging directory the user's media actor names and only its path is handed
 // to the actor, which hashes and adopts it; a download is served from the
 // blob file whose path the actor returns. Neither direction holds a file in
-// memory.
+// memory. That needs the actor's partition on this node; anywhere else the
+// bytes go through the actor in chunks (client_media_remote.go).
 
 // Defaults of MediaConfig.
 const (
@@ -236,8 +237,10 @@ func (s *Server) handleMediaUpload(w http.ResponseWriter, r *http.Request, sess 
 		return
 	}
 	owner := s.mediaOwnerKey(sess.UserID)
+	// The actor on another node: stream the bytes to it (client_media_remote.go).
+	remote := !s.mediaLocal(owner)
 	res, err := s.router.Request(r.Context(), &pb.MediaBegin{Server: s.cfg.ServerName, OwnerKey: owner,
-		UserId: sess.UserID, MediaId: mediaID, SizeHint: r.ContentLength, Limits: lim})
+		UserId: sess.UserID, MediaId: mediaID, SizeHint: r.ContentLength, Limits: lim, Remote: remote})
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -249,15 +252,25 @@ func (s *Server) handleMediaUpload(w http.ResponseWriter, r *http.Request, sess 
 	}
 	// A large upload may take longer than the listener's read timeout.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(mediaUploadReadTimeout))
-	staged, err := stageUpload(begin.StagingDir, r.Body, lim.MaxUpload)
-	if err != nil {
-		writeError(w, r, err)
-		return
+	commitMsg := &pb.MediaCommit{Server: s.cfg.ServerName, OwnerKey: owner,
+		UserId: sess.UserID, MediaId: mediaID, ContentType: mediaContentType(r),
+		Filename: filename, Limits: lim}
+	if begin.UploadId != "" {
+		if err := s.streamUpload(r.Context(), owner, begin.UploadId, r.Body, lim.MaxUpload); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		commitMsg.UploadId = begin.UploadId
+	} else {
+		staged, err := stageUpload(begin.StagingDir, r.Body, lim.MaxUpload)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		commitMsg.StagedPath = staged
 	}
 	// From here the staged file is the actor's: it adopts or removes it.
-	res, err = s.router.Request(r.Context(), &pb.MediaCommit{Server: s.cfg.ServerName, OwnerKey: owner,
-		UserId: sess.UserID, MediaId: mediaID, StagedPath: staged, ContentType: mediaContentType(r),
-		Filename: filename, Limits: lim})
+	res, err = s.router.Request(r.Context(), commitMsg)
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -427,7 +440,7 @@ func (s *Server) serveDownload(w http.ResponseWriter, r *http.Request, legacy bo
 					if n := r.PathValue("fileName"); n != "" {
 						name = n
 					}
-					s.serveBlob(w, r, info, name, legacy)
+					s.serveBlob(w, r, mediaID[:actors.MediaOwnerKeyLen], info, name, legacy)
 					return
 				}
 			}
@@ -491,7 +504,7 @@ func (s *Server) serveThumbnail(w http.ResponseWriter, r *http.Request, legacy b
 		writeError(w, r, err)
 		return
 	}
-	s.serveBlob(w, r, info, "", legacy)
+	s.serveBlob(w, r, mediaID[:actors.MediaOwnerKeyLen], info, "", legacy)
 }
 
 // inlineTypes are the content types the spec lets servers serve with
@@ -504,10 +517,11 @@ var inlineTypes = map[string]bool{
 	"audio/wave": true, "audio/wav": true, "audio/x-wav": true, "audio/x-pn-wav": true, "audio/flac": true, "audio/x-flac": true,
 }
 
-// serveBlob streams the blob file of info with the headers the spec asks
-// for (ranges and conditional requests through http.ServeContent).
-func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, info *pb.MediaInfo, filename string, legacy bool) {
-	f, err := os.Open(info.Path)
+// serveBlob streams the blob of info (of the media actor of owner) with the
+// headers the spec asks for (ranges and conditional requests through
+// http.ServeContent).
+func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, owner string, info *pb.MediaInfo, filename string, legacy bool) {
+	f, err := s.openBlob(r.Context(), owner, info)
 	if err != nil {
 		writeError(w, r, err)
 		return

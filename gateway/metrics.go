@@ -26,6 +26,9 @@ type metrics struct {
 	commits   *prometheus.HistogramVec
 	batch     prometheus.Histogram
 	commitErr prometheus.Counter
+	// mediaRemote counts media bytes streamed over the cluster transport
+	// (client_media_remote.go), by direction.
+	mediaRemote *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -66,8 +69,12 @@ func newMetrics() *metrics {
 			Name: "shoal_storage_commit_failed_functions_total",
 			Help: "Update functions left out of a commit because they failed or panicked.",
 		}),
+		mediaRemote: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "shoal_media_remote_bytes_total",
+			Help: "Media bytes streamed to or from a media actor on another node, by direction (upload, download).",
+		}, []string{"direction"}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.inFlight, m.longPolls, m.limited, m.commits, m.batch, m.commitErr,
+	m.reg.MustRegister(m.requests, m.latency, m.inFlight, m.longPolls, m.limited, m.commits, m.batch, m.commitErr, m.mediaRemote,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

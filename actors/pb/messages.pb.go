@@ -4159,13 +4159,16 @@ func (x *MediaLimits) GetUnusedExpiryMs() int64 {
 // an async upload that media_id is the caller's, pending and unexpired) and
 // returns where the gateway must stage the bytes.
 type MediaBegin struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
-	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
-	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	MediaId       string                 `protobuf:"bytes,4,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`     // "" for a new upload
-	SizeHint      int64                  `protobuf:"varint,5,opt,name=size_hint,json=sizeHint,proto3" json:"size_hint,omitempty"` // the request's Content-Length, -1 when unknown
-	Limits        *MediaLimits           `protobuf:"bytes,6,opt,name=limits,proto3" json:"limits,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Server   string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	UserId   string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	MediaId  string                 `protobuf:"bytes,4,opt,name=media_id,json=mediaId,proto3" json:"media_id,omitempty"`     // "" for a new upload
+	SizeHint int64                  `protobuf:"varint,5,opt,name=size_hint,json=sizeHint,proto3" json:"size_hint,omitempty"` // the request's Content-Length, -1 when unknown
+	Limits   *MediaLimits           `protobuf:"bytes,6,opt,name=limits,proto3" json:"limits,omitempty"`
+	// remote: the gateway is on another node and cannot write the staging
+	// directory; the actor opens an upload session (MediaAppend) instead.
+	Remote        bool `protobuf:"varint,7,opt,name=remote,proto3" json:"remote,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4242,9 +4245,17 @@ func (x *MediaBegin) GetLimits() *MediaLimits {
 	return nil
 }
 
+func (x *MediaBegin) GetRemote() bool {
+	if x != nil {
+		return x.Remote
+	}
+	return false
+}
+
 type MediaBeginReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	StagingDir    string                 `protobuf:"bytes,1,opt,name=staging_dir,json=stagingDir,proto3" json:"staging_dir,omitempty"`
+	UploadId      string                 `protobuf:"bytes,2,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"` // set for a remote begin
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4286,6 +4297,13 @@ func (x *MediaBeginReply) GetStagingDir() string {
 	return ""
 }
 
+func (x *MediaBeginReply) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
 // MediaCommit adopts a staged file: the actor hashes it, moves it into the
 // blob store (or drops it when a blob with its hash exists), and records
 // the media. media_id "" makes a new ID.
@@ -4299,6 +4317,7 @@ type MediaCommit struct {
 	ContentType   string                 `protobuf:"bytes,6,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	Filename      string                 `protobuf:"bytes,7,opt,name=filename,proto3" json:"filename,omitempty"`
 	Limits        *MediaLimits           `protobuf:"bytes,8,opt,name=limits,proto3" json:"limits,omitempty"`
+	UploadId      string                 `protobuf:"bytes,9,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"` // commit this upload session instead of staged_path
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4387,6 +4406,13 @@ func (x *MediaCommit) GetLimits() *MediaLimits {
 		return x.Limits
 	}
 	return nil
+}
+
+func (x *MediaCommit) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
 }
 
 type MediaCommitReply struct {
@@ -4625,6 +4651,7 @@ type MediaInfo struct {
 	Size          int64                  `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
 	CreatedMs     int64                  `protobuf:"varint,5,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
 	Uploaded      bool                   `protobuf:"varint,6,opt,name=uploaded,proto3" json:"uploaded,omitempty"`
+	Blob          string                 `protobuf:"bytes,7,opt,name=blob,proto3" json:"blob,omitempty"` // the blob's SHA-256, for MediaRead from another node
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4699,6 +4726,13 @@ func (x *MediaInfo) GetUploaded() bool {
 		return x.Uploaded
 	}
 	return false
+}
+
+func (x *MediaInfo) GetBlob() string {
+	if x != nil {
+		return x.Blob
+	}
+	return ""
 }
 
 // MediaThumbnail returns a thumbnail of an image (made on first request
@@ -6039,6 +6073,259 @@ func (x *PushResult) GetRejected() bool {
 	return false
 }
 
+// MediaAppend writes data at offset (the bytes the session holds so far)
+// to the staged file of an upload session opened by a remote MediaBegin.
+// abort drops the session and its file. Replies MediaAppendReply.
+type MediaAppend struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	UploadId      string                 `protobuf:"bytes,3,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	Offset        int64                  `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	Abort         bool                   `protobuf:"varint,6,opt,name=abort,proto3" json:"abort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaAppend) Reset() {
+	*x = MediaAppend{}
+	mi := &file_messages_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaAppend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaAppend) ProtoMessage() {}
+
+func (x *MediaAppend) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaAppend.ProtoReflect.Descriptor instead.
+func (*MediaAppend) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *MediaAppend) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaAppend) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaAppend) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+func (x *MediaAppend) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *MediaAppend) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *MediaAppend) GetAbort() bool {
+	if x != nil {
+		return x.Abort
+	}
+	return false
+}
+
+type MediaAppendReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Size          int64                  `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaAppendReply) Reset() {
+	*x = MediaAppendReply{}
+	mi := &file_messages_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaAppendReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaAppendReply) ProtoMessage() {}
+
+func (x *MediaAppendReply) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaAppendReply.ProtoReflect.Descriptor instead.
+func (*MediaAppendReply) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *MediaAppendReply) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+// MediaRead reads up to length bytes at offset of one of the actor's
+// partition's blobs (MediaInfo.blob). Replies MediaChunk; short at the end.
+type MediaRead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Server        string                 `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	OwnerKey      string                 `protobuf:"bytes,2,opt,name=owner_key,json=ownerKey,proto3" json:"owner_key,omitempty"`
+	Blob          string                 `protobuf:"bytes,3,opt,name=blob,proto3" json:"blob,omitempty"`
+	Offset        int64                  `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length        int32                  `protobuf:"varint,5,opt,name=length,proto3" json:"length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaRead) Reset() {
+	*x = MediaRead{}
+	mi := &file_messages_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaRead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaRead) ProtoMessage() {}
+
+func (x *MediaRead) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaRead.ProtoReflect.Descriptor instead.
+func (*MediaRead) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *MediaRead) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *MediaRead) GetOwnerKey() string {
+	if x != nil {
+		return x.OwnerKey
+	}
+	return ""
+}
+
+func (x *MediaRead) GetBlob() string {
+	if x != nil {
+		return x.Blob
+	}
+	return ""
+}
+
+func (x *MediaRead) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *MediaRead) GetLength() int32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+type MediaChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MediaChunk) Reset() {
+	*x = MediaChunk{}
+	mi := &file_messages_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MediaChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MediaChunk) ProtoMessage() {}
+
+func (x *MediaChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_messages_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MediaChunk.ProtoReflect.Descriptor instead.
+func (*MediaChunk) Descriptor() ([]byte, []int) {
+	return file_messages_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *MediaChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_messages_proto protoreflect.FileDescriptor
 
 const file_messages_proto_rawDesc = "" +
@@ -6399,7 +6686,7 @@ const file_messages_proto_rawDesc = "" +
 	"\x05quota\x18\x02 \x01(\x03R\x05quota\x12\x1f\n" +
 	"\vmax_pending\x18\x03 \x01(\x05R\n" +
 	"maxPending\x12(\n" +
-	"\x10unused_expiry_ms\x18\x04 \x01(\x03R\x0eunusedExpiryMs\"\xc5\x01\n" +
+	"\x10unused_expiry_ms\x18\x04 \x01(\x03R\x0eunusedExpiryMs\"\xdd\x01\n" +
 	"\n" +
 	"MediaBegin\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
@@ -6407,10 +6694,12 @@ const file_messages_proto_rawDesc = "" +
 	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x19\n" +
 	"\bmedia_id\x18\x04 \x01(\tR\amediaId\x12\x1b\n" +
 	"\tsize_hint\x18\x05 \x01(\x03R\bsizeHint\x121\n" +
-	"\x06limits\x18\x06 \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\"2\n" +
+	"\x06limits\x18\x06 \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\x12\x16\n" +
+	"\x06remote\x18\a \x01(\bR\x06remote\"O\n" +
 	"\x0fMediaBeginReply\x12\x1f\n" +
 	"\vstaging_dir\x18\x01 \x01(\tR\n" +
-	"stagingDir\"\x89\x02\n" +
+	"stagingDir\x12\x1b\n" +
+	"\tupload_id\x18\x02 \x01(\tR\buploadId\"\xa6\x02\n" +
 	"\vMediaCommit\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
 	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x17\n" +
@@ -6420,7 +6709,8 @@ const file_messages_proto_rawDesc = "" +
 	"stagedPath\x12!\n" +
 	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12\x1a\n" +
 	"\bfilename\x18\a \x01(\tR\bfilename\x121\n" +
-	"\x06limits\x18\b \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\"-\n" +
+	"\x06limits\x18\b \x01(\v2\x19.shoal.actors.MediaLimitsR\x06limits\x12\x1b\n" +
+	"\tupload_id\x18\t \x01(\tR\buploadId\"-\n" +
 	"\x10MediaCommitReply\x12\x19\n" +
 	"\bmedia_id\x18\x01 \x01(\tR\amediaId\"\x8e\x01\n" +
 	"\vMediaCreate\x12\x16\n" +
@@ -6434,7 +6724,7 @@ const file_messages_proto_rawDesc = "" +
 	"\bMediaGet\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
 	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x19\n" +
-	"\bmedia_id\x18\x03 \x01(\tR\amediaId\"\xad\x01\n" +
+	"\bmedia_id\x18\x03 \x01(\tR\amediaId\"\xc1\x01\n" +
 	"\tMediaInfo\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12!\n" +
 	"\fcontent_type\x18\x02 \x01(\tR\vcontentType\x12\x1a\n" +
@@ -6442,7 +6732,8 @@ const file_messages_proto_rawDesc = "" +
 	"\x04size\x18\x04 \x01(\x03R\x04size\x12\x1d\n" +
 	"\n" +
 	"created_ms\x18\x05 \x01(\x03R\tcreatedMs\x12\x1a\n" +
-	"\buploaded\x18\x06 \x01(\bR\buploaded\"\xc5\x01\n" +
+	"\buploaded\x18\x06 \x01(\bR\buploaded\x12\x12\n" +
+	"\x04blob\x18\a \x01(\tR\x04blob\"\xc5\x01\n" +
 	"\x0eMediaThumbnail\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
 	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x19\n" +
@@ -6559,7 +6850,25 @@ const file_messages_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x15\n" +
 	"\x06app_id\x18\x02 \x01(\tR\x05appId\x12\x18\n" +
 	"\apushkey\x18\x03 \x01(\tR\apushkey\x12\x1a\n" +
-	"\brejected\x18\x04 \x01(\bR\brejectedB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
+	"\brejected\x18\x04 \x01(\bR\brejected\"\xa1\x01\n" +
+	"\vMediaAppend\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x1b\n" +
+	"\tupload_id\x18\x03 \x01(\tR\buploadId\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x14\n" +
+	"\x05abort\x18\x06 \x01(\bR\x05abort\"&\n" +
+	"\x10MediaAppendReply\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x03R\x04size\"\x84\x01\n" +
+	"\tMediaRead\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x1b\n" +
+	"\towner_key\x18\x02 \x01(\tR\bownerKey\x12\x12\n" +
+	"\x04blob\x18\x03 \x01(\tR\x04blob\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset\x12\x16\n" +
+	"\x06length\x18\x05 \x01(\x05R\x06length\" \n" +
+	"\n" +
+	"MediaChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04dataB'Z%github.com/shoal-chat/shoal/actors/pbb\x06proto3"
 
 var (
 	file_messages_proto_rawDescOnce sync.Once
@@ -6573,7 +6882,7 @@ func file_messages_proto_rawDescGZIP() []byte {
 	return file_messages_proto_rawDescData
 }
 
-var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 86)
+var file_messages_proto_msgTypes = make([]protoimpl.MessageInfo, 90)
 var file_messages_proto_goTypes = []any{
 	(*Error)(nil),              // 0: shoal.actors.Error
 	(*Empty)(nil),              // 1: shoal.actors.Empty
@@ -6658,20 +6967,24 @@ var file_messages_proto_goTypes = []any{
 	(*PresenceTick)(nil),       // 80: shoal.actors.PresenceTick
 	(*PushNotice)(nil),         // 81: shoal.actors.PushNotice
 	(*PushResult)(nil),         // 82: shoal.actors.PushResult
-	nil,                        // 83: shoal.actors.SyncDone.PositionsEntry
-	nil,                        // 84: shoal.actors.SyncDone.EphemeralEntry
-	nil,                        // 85: shoal.actors.PushNotice.NotificationLevelsEntry
+	(*MediaAppend)(nil),        // 83: shoal.actors.MediaAppend
+	(*MediaAppendReply)(nil),   // 84: shoal.actors.MediaAppendReply
+	(*MediaRead)(nil),          // 85: shoal.actors.MediaRead
+	(*MediaChunk)(nil),         // 86: shoal.actors.MediaChunk
+	nil,                        // 87: shoal.actors.SyncDone.PositionsEntry
+	nil,                        // 88: shoal.actors.SyncDone.EphemeralEntry
+	nil,                        // 89: shoal.actors.PushNotice.NotificationLevelsEntry
 }
 var file_messages_proto_depIdxs = []int32{
 	2,  // 0: shoal.actors.CreateRoom.initial:type_name -> shoal.actors.StateEvent
 	22, // 1: shoal.actors.SyncPlanReply.rooms:type_name -> shoal.actors.PlannedRoom
-	83, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
-	84, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
+	87, // 2: shoal.actors.SyncDone.positions:type_name -> shoal.actors.SyncDone.PositionsEntry
+	88, // 3: shoal.actors.SyncDone.ephemeral:type_name -> shoal.actors.SyncDone.EphemeralEntry
 	57, // 4: shoal.actors.MediaBegin.limits:type_name -> shoal.actors.MediaLimits
 	57, // 5: shoal.actors.MediaCommit.limits:type_name -> shoal.actors.MediaLimits
 	57, // 6: shoal.actors.MediaCreate.limits:type_name -> shoal.actors.MediaLimits
 	67, // 7: shoal.actors.ServerKeysReply.keys:type_name -> shoal.actors.ServerKey
-	85, // 8: shoal.actors.PushNotice.notification_levels:type_name -> shoal.actors.PushNotice.NotificationLevelsEntry
+	89, // 8: shoal.actors.PushNotice.notification_levels:type_name -> shoal.actors.PushNotice.NotificationLevelsEntry
 	9,  // [9:9] is the sub-list for method output_type
 	9,  // [9:9] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
@@ -6690,7 +7003,7 @@ func file_messages_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_messages_proto_rawDesc), len(file_messages_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   86,
+			NumMessages:   90,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

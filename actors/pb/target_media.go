@@ -14,3 +14,5 @@ func (m *MediaCommit) ActorIdentity() string    { return MediaIdentity(m.Server,
 func (m *MediaCreate) ActorIdentity() string    { return MediaIdentity(m.Server, m.OwnerKey) }
 func (m *MediaGet) ActorIdentity() string       { return MediaIdentity(m.Server, m.OwnerKey) }
 func (m *MediaThumbnail) ActorIdentity() string { return MediaIdentity(m.Server, m.OwnerKey) }
+func (m *MediaAppend) ActorIdentity() string    { return MediaIdentity(m.Server, m.OwnerKey) }
+func (m *MediaRead) ActorIdentity() string      { return MediaIdentity(m.Server, m.OwnerKey) }
