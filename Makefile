@@ -40,11 +40,14 @@ test-fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzThumbnail$$' -fuzztime $(FUZZTIME) ./actors
 
 # Go benchmarks of the hot paths, then the load tool (cmd/shoalbench), which
-# starts a fresh node from bin/shoal and drives it over HTTP.
+# starts a fresh node from bin/shoal and drives it over HTTP. To compare with
+# Dendrite in the same run: GOFLAGS= go install
+# github.com/matrix-org/dendrite/cmd/{dendrite,generate-config,generate-keys}@v0.13.8
+# and make bench BENCHFLAGS="-dendrite $$(go env GOPATH)/bin/dendrite".
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./eventgraph ./storage
 	$(GO) test -run '^$$' -bench . -benchtime 3s ./cluster
-	./bin/shoalbench -shoal ./bin/shoal
+	./bin/shoalbench -shoal ./bin/shoal $(BENCHFLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
