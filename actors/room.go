@@ -32,6 +32,9 @@ type roomActor struct {
 	env    *Env
 	roomID string
 
+	// evaluators caches members' compiled push rules for unread counts.
+	evaluators evaluatorCache
+
 	loadErr error
 	exists  bool
 	rv      *eventgraph.RoomVersion

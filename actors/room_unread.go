@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"math"
-	"sync"
 
 	"github.com/shoal-chat/shoal/eventgraph"
 	"github.com/shoal-chat/shoal/storage"
@@ -35,31 +34,26 @@ import (
 // maxUnreadScan bounds the events one count examines.
 const maxUnreadScan = 1000
 
-// maxCachedEvaluators bounds the compiled rulesets kept across syncs.
-const maxCachedEvaluators = 1024
+// maxCachedEvaluators bounds the compiled rulesets one actor keeps.
+const maxCachedEvaluators = 64
 
-// evaluatorCache keeps compiled rulesets by user and ruleset bytes, shared
-// by the node's rooms: compiling is the costly part, and one user's sync
-// asks every room they are in with the same ruleset. Evaluators are
-// immutable, so sharing them between actors is safe.
-var evaluatorCache = struct {
-	sync.Mutex
+// evaluatorCache keeps compiled rulesets by user and ruleset bytes:
+// compiling is the costly part, and a user's repeated syncs give a room the
+// same ruleset each time. Each actor owns its cache (no sharing, no lock).
+type evaluatorCache struct {
 	m map[[sha256.Size]byte]*PushEvaluator
-}{m: map[[sha256.Size]byte]*PushEvaluator{}}
+}
 
-// cachedEvaluator compiles (or finds) userID's ruleset, given as
-// {"global": PushRuleset}; nil when it does not parse.
-func cachedEvaluator(userID string, rules []byte) *PushEvaluator {
+// get compiles (or finds) userID's ruleset, given as {"global":
+// PushRuleset}; nil when it does not parse.
+func (c *evaluatorCache) get(userID string, rules []byte) *PushEvaluator {
 	h := sha256.New()
 	h.Write([]byte(userID))
 	h.Write([]byte{0})
 	h.Write(rules)
 	var key [sha256.Size]byte
 	copy(key[:], h.Sum(nil))
-	evaluatorCache.Lock()
-	e, ok := evaluatorCache.m[key]
-	evaluatorCache.Unlock()
-	if ok {
+	if e, ok := c.m[key]; ok {
 		return e
 	}
 	var rs struct {
@@ -68,13 +62,11 @@ func cachedEvaluator(userID string, rules []byte) *PushEvaluator {
 	if err := json.Unmarshal(rules, &rs); err != nil {
 		return nil
 	}
-	e = NewPushEvaluator(userID, &rs.Global)
-	evaluatorCache.Lock()
-	if len(evaluatorCache.m) >= maxCachedEvaluators {
-		clear(evaluatorCache.m)
+	e := NewPushEvaluator(userID, &rs.Global)
+	if c.m == nil || len(c.m) >= maxCachedEvaluators {
+		c.m = map[[sha256.Size]byte]*PushEvaluator{}
 	}
-	evaluatorCache.m[key] = e
-	evaluatorCache.Unlock()
+	c.m[key] = e
 	return e
 }
 
@@ -84,7 +76,7 @@ func (r *roomActor) unreadCounts(rd *roomReader, user string, rules []byte) (not
 	if len(rules) == 0 {
 		return 0, 0, nil
 	}
-	eval := cachedEvaluator(user, rules)
+	eval := r.evaluators.get(user, rules)
 	if eval == nil {
 		return 0, 0, nil
 	}

@@ -89,6 +89,9 @@ type user struct {
 	env    *Env
 	userID string
 
+	// evaluators caches the user's compiled push rules.
+	evaluators evaluatorCache
+
 	st      *storage.UserState
 	loadErr error
 

@@ -306,7 +306,7 @@ func (u *user) pushNotice(m *pb.PushNotice) {
 		u.env.Log.Error("user: push rules", slog.Any("err", err))
 		return
 	}
-	eval := cachedEvaluator(u.userID, content)
+	eval := u.evaluators.get(u.userID, content)
 	ev, err := NewPushEvent(m.Event)
 	if eval == nil || err != nil {
 		return
