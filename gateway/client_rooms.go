@@ -47,13 +47,13 @@ func (s *Server) registerRooms() {
 	s.handle("PUT "+v3+"/rooms/{roomId}/state/{eventType}/{stateKey...}", s.authed(s.handleSetState))
 	s.handle("GET "+v3+"/rooms/{roomId}/state/{eventType}", s.authed(s.handleGetStateEvent))
 	s.handle("GET "+v3+"/rooms/{roomId}/state/{eventType}/{stateKey...}", s.authed(s.handleGetStateEvent))
-	s.handle("GET "+v3+"/rooms/{roomId}/state", s.authed(s.handleGetState))
+	s.handle("GET "+v3+"/rooms/{roomId}/state", s.authed(s.handleRoomQuery("state")))
 	s.handle("PUT "+v3+"/rooms/{roomId}/redact/{eventId}/{txnId}", s.authed(s.handleRedact))
 	s.handle("GET "+v3+"/rooms/{roomId}/messages", s.authed(s.handleMessages))
 	s.handle("GET "+v3+"/rooms/{roomId}/context/{eventId}", s.authed(s.handleContext))
 	s.handle("GET "+v3+"/rooms/{roomId}/event/{eventId}", s.authed(s.handleGetEvent))
 	s.handle("GET "+v3+"/rooms/{roomId}/members", s.authed(s.handleMembers))
-	s.handle("GET "+v3+"/rooms/{roomId}/joined_members", s.authed(s.handleJoinedMembers))
+	s.handle("GET "+v3+"/rooms/{roomId}/joined_members", s.authed(s.handleRoomQuery("joined_members")))
 	s.handle("GET "+v3+"/joined_rooms", s.authed(s.handleJoinedRooms))
 	s.handle("PUT "+v3+"/rooms/{roomId}/typing/{userId}", s.authed(s.handleTyping))
 	s.handle("POST "+v3+"/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.authed(s.handleReceipt))
@@ -899,18 +899,22 @@ func (s *Server) handleRedact(w http.ResponseWriter, r *http.Request, sess *Sess
 
 // ---- reading ----
 
-func (s *Server) handleGetState(w http.ResponseWriter, r *http.Request, sess *Session) {
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		writeError(w, r, err)
-		return
+// handleRoomQuery serves the reads that need nothing but the room ID and
+// the caller: the whole current state, the joined members.
+func (s *Server) handleRoomQuery(kind string) func(http.ResponseWriter, *http.Request, *Session) {
+	return func(w http.ResponseWriter, r *http.Request, sess *Session) {
+		roomID, err := pathRoomID(r)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		raw, err := s.roomQuery(r.Context(), &pb.RoomQuery{RoomId: roomID, UserId: sess.UserID, Kind: kind})
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, raw)
 	}
-	raw, err := s.roomQuery(r.Context(), &pb.RoomQuery{RoomId: roomID, UserId: sess.UserID, Kind: "state"})
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, raw)
 }
 
 // handleGetStateEvent returns one piece of state's content, or the whole
@@ -1091,20 +1095,6 @@ func (s *Server) handleMembers(w http.ResponseWriter, r *http.Request, sess *Ses
 	}
 	raw, err := s.roomQuery(r.Context(), &pb.RoomQuery{RoomId: roomID, UserId: sess.UserID, Kind: "members",
 		At: q.Get("at"), Membership: q.Get("membership"), NotMembership: q.Get("not_membership")})
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, raw)
-}
-
-func (s *Server) handleJoinedMembers(w http.ResponseWriter, r *http.Request, sess *Session) {
-	roomID, err := pathRoomID(r)
-	if err != nil {
-		writeError(w, r, err)
-		return
-	}
-	raw, err := s.roomQuery(r.Context(), &pb.RoomQuery{RoomId: roomID, UserId: sess.UserID, Kind: "joined_members"})
 	if err != nil {
 		writeError(w, r, err)
 		return
