@@ -133,6 +133,9 @@ type testCluster struct {
 	t     testing.TB
 	tr    *tracker
 	parts uint32
+	// mu guards nodes against the load goroutines' reads (live) while the
+	// test adds or drops nodes.
+	mu    sync.Mutex
 	nodes []*Node
 	dirs  []string
 	// log and tune replace the default logger and the fast gossip timing
@@ -254,7 +257,9 @@ func (tc *testCluster) add(dir string) *Node {
 	if err != nil {
 		tc.t.Fatal(err)
 	}
+	tc.mu.Lock()
 	tc.nodes = append(tc.nodes, n)
+	tc.mu.Unlock()
 	tc.dirs = append(tc.dirs, dir)
 	tc.t.Cleanup(func() { _ = n.Stop(context.Background()) })
 	return n
@@ -269,7 +274,16 @@ func newTestCluster(t *testing.T, nodes int, parts uint32) *testCluster {
 	return tc
 }
 
+// drop forgets node i (stopped or gone) so that live no longer returns it.
+func (tc *testCluster) drop(i int) {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	tc.nodes[i] = nil
+}
+
 func (tc *testCluster) live() []*Node {
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
 	var out []*Node
 	for _, n := range tc.nodes {
 		if n != nil {
@@ -566,7 +580,7 @@ func TestClusterHandoffUnderLoad(t *testing.T) {
 	if err := leaving.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	tc.nodes[1] = nil
+	tc.drop(1)
 	tc.settle()
 	time.Sleep(300 * time.Millisecond)
 	l.finish()
@@ -621,7 +635,7 @@ func TestClusterNodeDownAndBack(t *testing.T) {
 	if err := c.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tc.nodes[2] = nil
+	tc.drop(2)
 	waitUntil(t, "node c to be seen gone", func() bool { return !a.mem.view.Load().alive[c.id] })
 	_, err := incrOn(ctx, a, onC)
 	var me *actors.MatrixError
@@ -641,7 +655,7 @@ func TestClusterNodeDownAndBack(t *testing.T) {
 
 	// Back, under its ID and with its data.
 	c2 := tc.add(tc.dirs[2])
-	tc.nodes[2] = nil
+	tc.drop(2)
 	if c2.ID() != c.ID() {
 		t.Fatalf("restarted node has ID %s, was %s", c2.ID(), c.ID())
 	}
@@ -722,7 +736,7 @@ func TestClusterSealedAtStart(t *testing.T) {
 	if err := a.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tc.nodes[0] = nil
+	tc.drop(0)
 	// As if a had sealed p for b and stopped before hearing back.
 	part, err := storage.Open(filepath.Join(tc.dirs[0], storage.PartitionFile(p)), p, storage.Options{})
 	if err != nil {
@@ -753,7 +767,7 @@ func TestClusterSealedAtStart(t *testing.T) {
 	if err := b.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tc.nodes[1] = nil
+	tc.drop(1)
 	part, err = storage.Open(filepath.Join(tc.dirs[1], storage.PartitionFile(q)), q, storage.Options{})
 	if err != nil {
 		t.Fatal(err)
