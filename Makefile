@@ -57,7 +57,7 @@ lint:
 # protoc (Debian: protobuf-compiler) and protoc-gen-go (go install
 # google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12).
 proto:
-	cd actors/pb && PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative messages.proto
+	cd actors/pb && PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative *.proto
 	cd cluster/clusterpb && PATH="$$PATH:$$($(GO) env GOPATH)/bin" protoc --go_out=. --go_opt=paths=source_relative cluster.proto
 
 clean:

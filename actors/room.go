@@ -58,6 +58,12 @@ type roomActor struct {
 	// searchIdx is the room's full-text index, open after the first search
 	// (room_search.go).
 	searchIdx bleve.Index
+
+	// groupCache holds recently rebuilt state groups (room_fed.go).
+	groupCache map[uint64]eventgraph.StateMap
+	// outsiders are local users' memberships in a room this server is not
+	// in: invites and knocks received over federation (room_fed_member.go).
+	outsiders map[string]outsiderMembership
 }
 
 // memberInfo is one user's current membership.
@@ -78,7 +84,11 @@ func (r *roomActor) Receive(ctx actor.Context) {
 		if r.env.IdleTimeout > 0 {
 			ctx.SetReceiveTimeout(r.env.IdleTimeout)
 		}
-		if err := r.load(); err != nil {
+		err := r.load()
+		if err == nil {
+			err = r.ensureStateGroups()
+		}
+		if err != nil {
 			r.loadErr = err
 			r.env.Log.Error("room: load failed", slog.Any("err", err))
 		}
@@ -150,6 +160,30 @@ func (r *roomActor) handle(ctx actor.Context, msg proto.Message) {
 	case *pb.RoomSearch:
 		res, err := r.searchRoom(m)
 		r.respond(ctx, res, err)
+	case *pb.RoomFedInfo:
+		res, err := r.fedInfo(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomFedIngest:
+		res, err := r.fedIngest(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomFedRead:
+		res, err := r.fedRead(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomMakeMembership:
+		res, err := r.makeMembership(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomSendMembership:
+		res, err := r.sendMembership(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomFedJoin:
+		res, err := r.fedJoin(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomPrepareMembership:
+		res, err := r.prepareMembership(m)
+		r.respond(ctx, res, err)
+	case *pb.RoomFedOutsider:
+		res, err := r.fedOutsider(m)
+		r.respond(ctx, res, err)
 	default:
 		r.respond(ctx, nil, Errorf(http.StatusBadRequest, "M_UNRECOGNIZED", "room cannot handle %T", msg))
 	}
@@ -197,6 +231,9 @@ func (r *roomActor) load() error {
 			return fmt.Errorf("room %s: stored room version %q unknown", r.roomID, meta.Version)
 		}
 		r.rv, r.meta = rv, meta
+		if meta.Outsider {
+			return r.loadOutsiders(rt)
+		}
 		entries, err := rt.State()
 		if err != nil {
 			return err
@@ -316,42 +353,66 @@ func (r *roomActor) nextEphemeral() uint64 {
 // ---- building and committing events ----
 
 // batch is a group of new events committed in one transaction: one request
-// (a message, or the whole initial state of a new room). Each event is built
-// and authorised against the state the previous ones left.
+// (a message, the whole initial state of a new room, or the PDUs of one
+// federation transaction). Each event is authorised against the state the
+// previous ones left.
 type batch struct {
-	r       *roomActor
-	overlay eventgraph.StateMap // state changed by the batch
-	added   map[string]*eventgraph.Event
-	extrem  []string
-	depth   int64
-	pos     uint64
-	now     int64
-	events  []*pendingEvent
+	r *roomActor
+	// overlay is the current state changed by the batch ("" removes a key),
+	// overlayPos the position of the event that changed each key.
+	overlay    eventgraph.StateMap
+	overlayPos map[eventgraph.StateKey]uint64
+	added      map[string]*eventgraph.Event
+	extrem     []string
+	depth      int64
+	pos        uint64
+	now        int64
+	events     []*pendingEvent
 	// redacted maps redacted event IDs to their new stored form.
 	redacted map[string]*storage.RoomEvent
 	// redactedEvents are redacted copies of current state events.
 	redactedEvents map[string]*eventgraph.Event
 	published      *bool
+
+	// State groups (storage/roomstate.go): group is the current state's,
+	// groups the new ones.
+	group      uint64
+	groupChain int
+	nextGroup  uint64
+	groups     map[uint64]storage.StateGroup
+	// stored are events written without a timeline place: outliers,
+	// rejected and soft-failed events (federation).
+	stored      map[string]*storage.RoomEvent
+	storedOrder []string
+	// rt, when set, lets lookups read the partition (federation ingest
+	// reads events outside the current state).
+	rt     *storage.RoomTx
+	loaded map[string]*eventgraph.Event
+	// noFederate: the events reached the other servers another way (a join
+	// through send_join), so the room does not queue them.
+	noFederate bool
 }
 
 type pendingEvent struct {
-	ev    *eventgraph.Event
-	rec   storage.RoomEvent
-	delta *storage.RoomStateDelta
-	txn   [3]string // user, device, txn ID; empty txn ID for none
+	ev     *eventgraph.Event
+	rec    storage.RoomEvent
+	deltas []storage.RoomStateDelta
+	txn    [3]string // user, device, txn ID; empty txn ID for none
 }
 
 func (r *roomActor) newBatch() *batch {
 	ext := make([]string, 0, len(r.meta.Extremities))
 	ext = append(ext, r.meta.Extremities...)
-	return &batch{r: r, overlay: eventgraph.StateMap{}, added: map[string]*eventgraph.Event{},
-		extrem: ext, depth: r.meta.Depth, pos: r.meta.Pos, now: r.env.NowMillis(),
-		redacted: map[string]*storage.RoomEvent{}, redactedEvents: map[string]*eventgraph.Event{}}
+	return &batch{r: r, overlay: eventgraph.StateMap{}, overlayPos: map[eventgraph.StateKey]uint64{},
+		added: map[string]*eventgraph.Event{}, extrem: ext, depth: r.meta.Depth, pos: r.meta.Pos, now: r.env.NowMillis(),
+		redacted: map[string]*storage.RoomEvent{}, redactedEvents: map[string]*eventgraph.Event{},
+		group: r.meta.StateGroup, groupChain: r.meta.GroupChain, nextGroup: max(r.meta.NextGroup, 1),
+		groups: map[uint64]storage.StateGroup{}, stored: map[string]*storage.RoomEvent{}, loaded: map[string]*eventgraph.Event{}}
 }
 
 func (b *batch) stateID(k eventgraph.StateKey) (string, bool) {
 	if id, ok := b.overlay[k]; ok {
-		return id, true
+		return id, id != ""
 	}
 	id, ok := b.r.state[k]
 	return id, ok
@@ -364,7 +425,20 @@ func (b *batch) lookup(id string) (*eventgraph.Event, error) {
 	if ev, ok := b.added[id]; ok {
 		return ev, nil
 	}
-	return b.r.lookup(id)
+	if ev, err := b.r.lookup(id); ev != nil || err != nil {
+		return ev, err
+	}
+	if ev, ok := b.loaded[id]; ok {
+		return ev, nil
+	}
+	if b.rt == nil {
+		return nil, nil
+	}
+	ev, _, err := b.r.readEvent(*b.rt, id)
+	if err == nil && ev != nil {
+		b.loaded[id] = ev
+	}
+	return ev, err
 }
 
 // AuthEvent implements eventgraph.AuthEvents over the batch's state.
@@ -449,13 +523,76 @@ func (b *batch) append(ev *eventgraph.Event, device, txn string) {
 		k := ev.StateTuple()
 		prev, _ := b.stateID(k)
 		pe.rec.ReplacesState = prev
-		pe.delta = &storage.RoomStateDelta{Type: k.Type, StateKey: k.StateKey, Prev: prev, New: ev.EventID()}
+		pe.deltas = []storage.RoomStateDelta{{Type: k.Type, StateKey: k.StateKey, Prev: prev, New: ev.EventID()}}
 		b.overlay[k] = ev.EventID()
+		b.overlayPos[k] = b.pos
+		b.addGroup([]storage.RoomStateEntry{{Type: k.Type, StateKey: k.StateKey, EventID: ev.EventID()}})
 	}
+	pe.rec.StateGroup = b.group
 	b.added[ev.EventID()] = ev
 	b.extrem = []string{ev.EventID()}
 	b.depth = ev.Depth()
 	b.events = append(b.events, pe)
+}
+
+// maxGroupChain bounds the deltas read to rebuild a state group.
+const maxGroupChain = 64
+
+// addGroup makes the current state a new group: entries changed on the
+// current group, or — when the chain is long or there is no group — a full
+// copy of the current state.
+func (b *batch) addGroup(entries []storage.RoomStateEntry) {
+	id := b.nextGroup
+	b.nextGroup++
+	g := storage.StateGroup{Parent: b.group, Chain: b.groupChain + 1, Entries: entries}
+	if b.group == 0 || g.Chain > maxGroupChain {
+		g = storage.StateGroup{Entries: b.currentEntries()}
+	}
+	b.groups[id] = g
+	b.group, b.groupChain = id, g.Chain
+}
+
+// currentEntries lists the current state with the batch's changes.
+func (b *batch) currentEntries() []storage.RoomStateEntry {
+	out := make([]storage.RoomStateEntry, 0, len(b.r.state)+len(b.overlay))
+	for k, id := range b.r.state {
+		if _, ok := b.overlay[k]; !ok {
+			out = append(out, storage.RoomStateEntry{Type: k.Type, StateKey: k.StateKey, EventID: id})
+		}
+	}
+	for k, id := range b.overlay {
+		if id != "" {
+			out = append(out, storage.RoomStateEntry{Type: k.Type, StateKey: k.StateKey, EventID: id})
+		}
+	}
+	return out
+}
+
+// current is the current state with the batch's changes, as a new map.
+func (b *batch) current() eventgraph.StateMap {
+	st := make(eventgraph.StateMap, len(b.r.state)+len(b.overlay))
+	for k, id := range b.r.state {
+		st[k] = id
+	}
+	for k, id := range b.overlay {
+		if id == "" {
+			delete(st, k)
+		} else {
+			st[k] = id
+		}
+	}
+	return st
+}
+
+// store records an event kept without a timeline place.
+func (b *batch) store(id string, rec *storage.RoomEvent, ev *eventgraph.Event) {
+	if _, ok := b.stored[id]; !ok {
+		b.storedOrder = append(b.storedOrder, id)
+	}
+	b.stored[id] = rec
+	if ev != nil {
+		b.loaded[id] = ev
+	}
 }
 
 // redact records that target (a stored event) is redacted by redactionID.
@@ -492,6 +629,15 @@ func (b *batch) commit() error {
 			meta.CreateID = b.events[0].ev.EventID()
 		}
 	}
+	if len(b.groups) > 0 {
+		meta.StateGroup, meta.GroupChain, meta.NextGroup = b.group, b.groupChain, b.nextGroup
+	}
+	if meta.Version == "" && r.rv != nil && len(b.stored) > 0 {
+		meta.Version = string(r.rv.ID)
+	}
+	// Servers that were in the room before the batch still hear of it (a
+	// kick or a leave reaches the server whose user left).
+	before := r.remoteServers()
 	if b.published != nil {
 		meta.Published = *b.published
 	}
@@ -506,13 +652,8 @@ func (b *batch) commit() error {
 			if err := rt.PutTimeline(pe.rec.Pos, id); err != nil {
 				return err
 			}
-			if pe.delta != nil {
-				if err := rt.PutState(pe.delta.Type, pe.delta.StateKey, id); err != nil {
-					return err
-				}
-				if err := rt.PutDelta(pe.rec.Pos, *pe.delta); err != nil {
-					return err
-				}
+			if err := rt.PutDeltas(pe.rec.Pos, pe.deltas); err != nil {
+				return err
 			}
 			if pe.txn[2] != "" {
 				if err := rt.PutTxn(pe.txn[0], pe.txn[1], pe.txn[2], id); err != nil {
@@ -528,6 +669,27 @@ func (b *batch) commit() error {
 				return err
 			}
 		}
+		for k, id := range b.overlay {
+			var err error
+			if id == "" {
+				err = rt.DeleteState(k.Type, k.StateKey)
+			} else {
+				err = rt.PutState(k.Type, k.StateKey, id)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		for id, rec := range b.stored {
+			if err := rt.PutEvent(id, rec); err != nil {
+				return err
+			}
+		}
+		for id, g := range b.groups {
+			if err := rt.PutStateGroup(id, g); err != nil {
+				return err
+			}
+		}
 		return rt.PutMeta(meta)
 	})
 	if err != nil {
@@ -535,6 +697,7 @@ func (b *batch) commit() error {
 	}
 	r.apply(b, meta)
 	r.notify(b)
+	r.federate(b, before)
 	return nil
 }
 
@@ -546,37 +709,51 @@ func (r *roomActor) apply(b *batch, meta storage.RoomMeta) {
 			r.stateEvents[id] = ev
 		}
 	}
-	for _, pe := range b.events {
-		ev := pe.ev
-		if !ev.IsState() {
-			continue
-		}
-		k := ev.StateTuple()
+	for k, id := range b.overlay {
 		if old, ok := r.state[k]; ok {
 			delete(r.stateEvents, old)
 		}
-		r.state[k] = ev.EventID()
-		r.stateEvents[ev.EventID()] = ev
-		if k.Type == eventgraph.TypeMember {
+		if id == "" {
+			delete(r.state, k)
+			if k.Type == eventgraph.TypeMember {
+				delete(r.members, k.StateKey)
+			}
+			continue
+		}
+		ev, _ := b.lookup(id)
+		if ev == nil {
+			// Every overlay entry was added or loaded by the batch.
+			r.env.Log.Error("room: state event not loaded after commit", slog.String("event_id", id))
+			continue
+		}
+		r.state[k] = id
+		r.stateEvents[id] = ev
+		switch k.Type {
+		case eventgraph.TypeMember:
 			mem, _ := ev.Membership()
-			r.members[k.StateKey] = memberInfo{Membership: mem, Pos: pe.rec.Pos, EventID: ev.EventID()}
+			r.members[k.StateKey] = memberInfo{Membership: mem, Pos: b.overlayPos[k], EventID: id}
 			if mem != eventgraph.MembershipJoin {
 				delete(r.typing, k.StateKey)
 			}
-		}
-		if k.Type == eventgraph.TypeCreate {
+		case eventgraph.TypeCreate:
 			r.create = ev
 		}
 	}
 	if len(b.events) > 0 {
+		old := r.extremities
 		r.extremities = map[string]*eventgraph.Event{}
 		for _, id := range meta.Extremities {
 			if ev, ok := b.added[id]; ok {
+				r.extremities[id] = ev
+			} else if ev, ok := old[id]; ok {
+				r.extremities[id] = ev
+			} else if ev, _ := b.lookup(id); ev != nil {
 				r.extremities[id] = ev
 			}
 		}
 		r.exists = true
 	}
+	r.groupCacheAdd(meta.StateGroup, nil)
 }
 
 // notify sends RoomNotices after a commit: each membership event's local
@@ -589,22 +766,23 @@ func (r *roomActor) notify(b *batch) {
 	}
 	refresh := false
 	for _, pe := range b.events {
-		ev := pe.ev
-		if !ev.IsState() {
-			continue
-		}
-		switch ev.Type() {
-		case eventgraph.TypeMember:
-			target := *ev.StateKey()
-			mem, _ := ev.Membership()
-			if r.isLocal(target) {
-				r.env.Router.Send(&pb.RoomNotice{UserId: target, RoomId: r.roomID, Pos: pe.rec.Pos,
-					Membership: mem, EphemeralPos: r.ephPos})
+		for _, d := range pe.deltas {
+			switch d.Type {
+			case eventgraph.TypeMember:
+				target := d.StateKey
+				mem := ""
+				if ev, _ := b.lookup(d.New); ev != nil {
+					mem, _ = ev.Membership()
+				}
+				if r.isLocal(target) {
+					r.env.Router.Send(&pb.RoomNotice{UserId: target, RoomId: r.roomID, Pos: pe.rec.Pos,
+						Membership: mem, EphemeralPos: r.ephPos})
+				}
+				refresh = true
+			case "m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias", eventgraph.TypeJoinRules,
+				"m.room.history_visibility", "m.room.guest_access", eventgraph.TypeCreate:
+				refresh = true
 			}
-			refresh = true
-		case "m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias", eventgraph.TypeJoinRules,
-			"m.room.history_visibility", "m.room.guest_access", eventgraph.TypeCreate:
-			refresh = true
 		}
 	}
 	for user, m := range r.members {

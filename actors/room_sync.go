@@ -28,6 +28,9 @@ const (
 func (r *roomActor) syncRoom(m *pb.SyncRoom) (*pb.SyncRoomReply, error) {
 	rep := &pb.SyncRoomReply{Pos: r.meta.Pos, EphemeralPos: r.ephPos}
 	if !r.exists {
+		if r.meta.Outsider && m.FullState {
+			return rep, r.outsiderSync(m, rep)
+		}
 		rep.Empty = true
 		return rep, nil
 	}

@@ -49,6 +49,15 @@ type RoomMeta struct {
 	Extremities []string `json:"extremities"`
 	// Published is whether the room is listed in the public room directory.
 	Published bool `json:"published,omitempty"`
+	// StateGroup is the state group of the current state, NextGroup the
+	// next free group ID (see roomstate.go).
+	StateGroup uint64 `json:"state_group,omitempty"`
+	NextGroup  uint64 `json:"next_group,omitempty"`
+	// GroupChain is the current state group's chain length.
+	GroupChain int `json:"group_chain,omitempty"`
+	// Outsider marks a room known only from a local user's invite or knock
+	// received over federation: no state, only that membership.
+	Outsider bool `json:"outsider,omitempty"`
 }
 
 // RoomEvent is one event of a room as the room keeps it.
@@ -66,6 +75,17 @@ type RoomEvent struct {
 	RedactedBy string `json:"redacted_by,omitempty"`
 	// ReplacesState is the state event this one replaced, for prev_content.
 	ReplacesState string `json:"replaces_state,omitempty"`
+	// StateGroup is the state after the event (0: not in the graph, or
+	// stored before state groups existed — see the room actor).
+	StateGroup uint64 `json:"sg,omitempty"`
+	// Outlier events were fetched as auth or state of others: stored,
+	// without a place in the timeline or known state.
+	Outlier bool `json:"outlier,omitempty"`
+	// Rejected is why the auth rules rejected the event ("" if they did not).
+	Rejected string `json:"rejected,omitempty"`
+	// SoftFailed events passed auth at their place in the graph but not
+	// against the current state: kept, never shown or built upon.
+	SoftFailed bool `json:"soft_failed,omitempty"`
 }
 
 // RoomStateDelta records how one state event changed the state.
@@ -309,11 +329,26 @@ func (r RoomTx) PutState(typ, stateKey, eventID string) error {
 
 // PutDelta records the state change made by the event at position pos.
 func (r RoomTx) PutDelta(pos uint64, d RoomStateDelta) error {
+	return r.PutDeltas(pos, []RoomStateDelta{d})
+}
+
+// PutDeltas records the changes of the current state at position pos: one
+// for a local state event, possibly several when an event from another
+// server made state resolution change the state.
+func (r RoomTx) PutDeltas(pos uint64, ds []RoomStateDelta) error {
+	if len(ds) == 0 {
+		return nil
+	}
 	b, err := r.bucket(roomDeltasStore, true)
 	if err != nil {
 		return err
 	}
-	v, err := json.Marshal(d)
+	var v []byte
+	if len(ds) == 1 {
+		v, err = json.Marshal(ds[0])
+	} else {
+		v, err = json.Marshal(ds)
+	}
 	if err != nil {
 		return fmt.Errorf("storage: room %s: encode delta: %w", r.identity, err)
 	}
@@ -331,11 +366,30 @@ func (r RoomTx) ScanDeltas(lo, hi uint64, desc bool, fn func(pos uint64, d RoomS
 		return err
 	}
 	return scanU64(b, lo, hi, desc, func(pos uint64, v []byte) (bool, error) {
-		var d RoomStateDelta
-		if err := json.Unmarshal(v, &d); err != nil {
-			return false, fmt.Errorf("storage: room %s: decode delta at %d: %w", r.identity, pos, err)
+		var ds []RoomStateDelta
+		if len(v) > 0 && v[0] == '[' {
+			if err := json.Unmarshal(v, &ds); err != nil {
+				return false, fmt.Errorf("storage: room %s: decode deltas at %d: %w", r.identity, pos, err)
+			}
+		} else {
+			var d RoomStateDelta
+			if err := json.Unmarshal(v, &d); err != nil {
+				return false, fmt.Errorf("storage: room %s: decode delta at %d: %w", r.identity, pos, err)
+			}
+			ds = []RoomStateDelta{d}
 		}
-		return fn(pos, d)
+		// Undoing (desc) goes through one position's changes backwards.
+		for i := range ds {
+			d := ds[i]
+			if desc {
+				d = ds[len(ds)-1-i]
+			}
+			more, err := fn(pos, d)
+			if err != nil || !more {
+				return more, err
+			}
+		}
+		return true, nil
 	})
 }
 
