@@ -388,6 +388,11 @@ type batch struct {
 	// reads events outside the current state).
 	rt     *storage.RoomTx
 	loaded map[string]*eventgraph.Event
+	// cur is the materialised current state (see current).
+	cur eventgraph.StateMap
+	// backfilled are history events placed by this batch, oldest first;
+	// commit gives them positions below the timeline.
+	backfilled []string
 	// noFederate: the events reached the other servers another way (a join
 	// through send_join), so the room does not queue them.
 	noFederate bool
@@ -524,8 +529,7 @@ func (b *batch) append(ev *eventgraph.Event, device, txn string) {
 		prev, _ := b.stateID(k)
 		pe.rec.ReplacesState = prev
 		pe.deltas = []storage.RoomStateDelta{{Type: k.Type, StateKey: k.StateKey, Prev: prev, New: ev.EventID()}}
-		b.overlay[k] = ev.EventID()
-		b.overlayPos[k] = b.pos
+		b.setState(k, ev.EventID(), b.pos)
 		b.addGroup([]storage.RoomStateEntry{{Type: k.Type, StateKey: k.StateKey, EventID: ev.EventID()}})
 	}
 	pe.rec.StateGroup = b.group
@@ -568,8 +572,15 @@ func (b *batch) currentEntries() []storage.RoomStateEntry {
 	return out
 }
 
-// current is the current state with the batch's changes, as a new map.
+// current is the current state with the batch's changes. The map is
+// shared and changes as the batch does: callers read it and let it go.
 func (b *batch) current() eventgraph.StateMap {
+	if b.cur != nil {
+		return b.cur
+	}
+	if len(b.overlay) == 0 {
+		return b.r.state
+	}
 	st := make(eventgraph.StateMap, len(b.r.state)+len(b.overlay))
 	for k, id := range b.r.state {
 		st[k] = id
@@ -581,7 +592,22 @@ func (b *batch) current() eventgraph.StateMap {
 			st[k] = id
 		}
 	}
+	b.cur = st
 	return st
+}
+
+// setState changes the batch's current state of k ("" removes it), made by
+// the event at position pos.
+func (b *batch) setState(k eventgraph.StateKey, id string, pos uint64) {
+	b.overlay[k] = id
+	b.overlayPos[k] = pos
+	if b.cur != nil {
+		if id == "" {
+			delete(b.cur, k)
+		} else {
+			b.cur[k] = id
+		}
+	}
 }
 
 // store records an event kept without a timeline place.
@@ -631,6 +657,14 @@ func (b *batch) commit() error {
 	}
 	if len(b.groups) > 0 {
 		meta.StateGroup, meta.GroupChain, meta.NextGroup = b.group, b.groupChain, b.nextGroup
+	}
+	// History comes newest first below the timeline: the newest backfilled
+	// event takes the highest free position.
+	for i := len(b.backfilled) - 1; i >= 0 && meta.BackfillNext > 0; i-- {
+		if rec := b.stored[b.backfilled[i]]; rec != nil {
+			rec.Pos = meta.BackfillNext
+			meta.BackfillNext--
+		}
 	}
 	if meta.Version == "" && r.rv != nil && len(b.stored) > 0 {
 		meta.Version = string(r.rv.ID)
@@ -683,6 +717,11 @@ func (b *batch) commit() error {
 		for id, rec := range b.stored {
 			if err := rt.PutEvent(id, rec); err != nil {
 				return err
+			}
+			if rec.Pos != 0 {
+				if err := rt.PutTimeline(rec.Pos, id); err != nil {
+					return err
+				}
 			}
 		}
 		for id, g := range b.groups {

@@ -205,6 +205,39 @@ func (b *batch) newGroupFrom(parent uint64, st eventgraph.StateMap) (uint64, err
 	return id, nil
 }
 
+// newGroupDelta stores the state of parent changed by entries as a new
+// group: a delta while the chain is short, else a full copy.
+func (b *batch) newGroupDelta(parent uint64, entries []storage.RoomStateEntry) (uint64, error) {
+	if parent != 0 {
+		if chain := b.groupChainOf(parent); chain < maxGroupChain {
+			id := b.nextGroup
+			b.nextGroup++
+			b.groups[id] = storage.StateGroup{Parent: parent, Chain: chain + 1, Entries: entries}
+			return id, nil
+		}
+	}
+	ps := eventgraph.StateMap{}
+	if parent != 0 {
+		var err error
+		if ps, err = b.groupState(parent); err != nil {
+			return 0, err
+		}
+	}
+	st := make(eventgraph.StateMap, len(ps)+len(entries))
+	for k, v := range ps {
+		st[k] = v
+	}
+	for _, e := range entries {
+		k := eventgraph.StateKey{Type: e.Type, StateKey: e.StateKey}
+		if e.EventID == "" {
+			delete(st, k)
+		} else {
+			st[k] = e.EventID
+		}
+	}
+	return b.newGroupFrom(0, st)
+}
+
 // stateDiff lists the entries that turn from into to.
 func stateDiff(from, to eventgraph.StateMap) []storage.RoomStateEntry {
 	var out []storage.RoomStateEntry

@@ -71,12 +71,50 @@ func (r *roomActor) fedInfo(m *pb.RoomFedInfo) (*pb.RoomFedInfoReply, error) {
 				rep.Known[id] = knownKind(rec)
 			}
 		}
+		if r.meta.BackfillNext > 0 {
+			ids, err := r.backwardExtremities(rt)
+			if err != nil {
+				return err
+			}
+			rep.BackwardExtremities = ids
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("room %s: fed info: %w", r.roomID, err)
 	}
 	return rep, nil
+}
+
+// backwardExtremities lists the prev_events of the room's oldest timeline
+// events that the graph lacks: where /backfill continues history.
+func (r *roomActor) backwardExtremities(rt storage.RoomTx) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	n := 0
+	err := rt.ScanTimeline(1, r.meta.Pos, false, func(_ uint64, id string) (bool, error) {
+		n++
+		ev, _, err := r.readEvent(rt, id)
+		if err != nil || ev == nil {
+			return err == nil && n < maxExtremities, err
+		}
+		for _, p := range ev.PrevEventIDs() {
+			if seen[p] {
+				continue
+			}
+			seen[p] = true
+			rec, err := rt.Event(p)
+			if err != nil {
+				return false, err
+			}
+			if rec == nil || rec.Outlier {
+				out = append(out, p)
+			}
+		}
+		return n < maxExtremities, nil
+	})
+	sort.Strings(out)
+	return out, err
 }
 
 func knownKind(rec *storage.RoomEvent) int32 {
@@ -407,7 +445,16 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 		return "", nil
 	}
 	if ev.Type() == eventgraph.TypeCreate {
-		return "a room has one create event", nil
+		if id != b.r.meta.CreateID {
+			return "a room has one create event", nil
+		}
+		if opts.backfill && rec != nil {
+			// The room's own create event, reached by backfill: shown as
+			// the start of history.
+			b.store(id, &storage.RoomEvent{PDU: rec.PDU}, ev)
+			b.backfilled = append(b.backfilled, id)
+		}
+		return "", nil
 	}
 	reason, missing, err := b.checkOwnAuth(ev)
 	if err != nil {
@@ -428,6 +475,14 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 		return "", err
 	}
 	if !ok {
+		if opts.backfill {
+			// History whose prev events are beyond what was fetched: it
+			// passed its own auth events; with no state known it is shown,
+			// never built upon.
+			b.store(id, &storage.RoomEvent{PDU: ev.CanonicalPDU()}, ev)
+			b.backfilled = append(b.backfilled, id)
+			return "", nil
+		}
 		for _, p := range missingP {
 			missingPrev[p] = true
 		}
@@ -442,31 +497,40 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 		b.store(id, &storage.RoomEvent{PDU: ev.CanonicalPDU(), Rejected: reason}, ev)
 		return reason, nil
 	}
-	after := before
 	replaces := ""
-	if ev.IsState() {
-		after = make(eventgraph.StateMap, len(before)+1)
+	group := parent
+	switch {
+	case ev.IsState() && exact:
+		// The common case: one more state event on a known state.
+		replaces = before[ev.StateTuple()]
+		k := ev.StateTuple()
+		if group, err = b.newGroupDelta(parent, []storage.RoomStateEntry{{Type: k.Type, StateKey: k.StateKey, EventID: id}}); err != nil {
+			return "", err
+		}
+	case ev.IsState() || !exact:
+		after := make(eventgraph.StateMap, len(before)+1)
 		for k, v := range before {
 			after[k] = v
 		}
-		replaces = before[ev.StateTuple()]
-		after[ev.StateTuple()] = id
-	}
-	group := parent
-	if ev.IsState() || !exact {
+		if ev.IsState() {
+			replaces = before[ev.StateTuple()]
+			after[ev.StateTuple()] = id
+		}
 		if group, err = b.newGroupFrom(parent, after); err != nil {
 			return "", err
 		}
 	}
 	stored := storage.RoomEvent{PDU: ev.CanonicalPDU(), StateGroup: group, ReplacesState: replaces}
 	if opts.backfill {
-		// History older than the timeline: kept in the graph (it can be
-		// served to other servers and built upon) but not shown in /messages.
+		// History older than the timeline: kept in the graph and, while the
+		// room has positions left below its first event, in the timeline.
 		b.store(id, &stored, ev)
+		b.backfilled = append(b.backfilled, id)
 		return "", nil
 	}
 	if !opts.noSoftFail {
-		if err := eventgraph.AllowedByState(ev, b.current(), b.lookup); err != nil {
+		// The batch answers auth lookups from the current state.
+		if err := eventgraph.Allowed(ev, b); err != nil {
 			var ae *eventgraph.AuthError
 			if !errors.As(err, &ae) {
 				return "", fmt.Errorf("room %s: soft-fail check of %s: %w", b.r.roomID, id, err)
@@ -477,13 +541,13 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 			return "", nil
 		}
 	}
-	return "", b.appendRemote(ev, stored, after)
+	return "", b.appendRemote(ev, stored)
 }
 
 // appendRemote adds an accepted event to the timeline, makes it a forward
 // extremity and moves the current state to the resolution of the
 // extremities' states.
-func (b *batch) appendRemote(ev *eventgraph.Event, rec storage.RoomEvent, after eventgraph.StateMap) error {
+func (b *batch) appendRemote(ev *eventgraph.Event, rec storage.RoomEvent) error {
 	id := ev.EventID()
 	delete(b.stored, id) // an outlier now placed
 	b.pos++
@@ -519,8 +583,14 @@ func (b *batch) appendRemote(ev *eventgraph.Event, rec storage.RoomEvent, after 
 	b.extrem = ext
 
 	var next eventgraph.StateMap
-	if linear || len(ext) == 1 {
-		next = after
+	if linear {
+		// next is not needed: the change is the event itself.
+	} else if len(ext) == 1 {
+		st, _, _, err := b.stateAfter(id)
+		if err != nil {
+			return err
+		}
+		next = st
 	} else {
 		var states []eventgraph.StateMap
 		for _, x := range ext {
@@ -563,8 +633,7 @@ func (b *batch) appendRemote(ev *eventgraph.Event, rec storage.RoomEvent, after 
 		k := eventgraph.StateKey{Type: c.Type, StateKey: c.StateKey}
 		prev, _ := b.stateID(k)
 		pe.deltas = append(pe.deltas, storage.RoomStateDelta{Type: c.Type, StateKey: c.StateKey, Prev: prev, New: c.EventID})
-		b.overlay[k] = c.EventID
-		b.overlayPos[k] = b.pos
+		b.setState(k, c.EventID, b.pos)
 		if c.EventID != "" {
 			if _, err := b.lookup(c.EventID); err != nil {
 				return err
@@ -572,7 +641,50 @@ func (b *batch) appendRemote(ev *eventgraph.Event, rec storage.RoomEvent, after 
 		}
 	}
 	b.group, b.groupChain = newGroup, b.groupChainOf(newGroup)
-	return nil
+	return b.applyRemoteRedaction(ev)
+}
+
+// applyRemoteRedaction redacts the stored target of an accepted redaction
+// from another server when the redaction may take effect: its sender is of
+// the target's sender's server, or has the redact power (room versions 3+
+// leave this check to the receiving server). A redaction whose target is
+// not here yet is kept; the target stays as it is (named in the notes).
+func (b *batch) applyRemoteRedaction(ev *eventgraph.Event) error {
+	target := ev.Redacts()
+	if ev.Type() != eventgraph.TypeRedaction || target == "" {
+		return nil
+	}
+	rec, err := b.record(target)
+	if err != nil || rec == nil || rec.Rejected != "" {
+		return err
+	}
+	tev, err := b.lookup(target)
+	if err != nil || tev == nil {
+		return err
+	}
+	if tev.RoomID() != b.r.roomID {
+		return nil
+	}
+	if serverOf(tev.Sender()) != serverOf(ev.Sender()) {
+		pl, err := eventgraph.NewPowerLevels(b.r.rv, b.r.create, b.stateEventOf(eventgraph.TypePowerLevels))
+		if err != nil {
+			return nil
+		}
+		if !pl.UserLevel(ev.Sender()).AtLeast(pl.Redact()) {
+			return nil
+		}
+	}
+	return b.redact(target, rec, ev.EventID())
+}
+
+// stateEventOf is the batch's current state event of (typ, "").
+func (b *batch) stateEventOf(typ string) *eventgraph.Event {
+	id, ok := b.stateID(eventgraph.StateKey{Type: typ})
+	if !ok {
+		return nil
+	}
+	ev, _ := b.lookup(id)
+	return ev
 }
 
 func (b *batch) depthOf(id string) int64 {

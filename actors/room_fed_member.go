@@ -268,7 +268,11 @@ func (r *roomActor) fedJoin(m *pb.RoomFedJoin) (*pb.SendEventReply, error) {
 	// undone unless the join commits.
 	prevMeta, prevRV := r.meta, r.rv
 	r.rv = rv
-	r.meta = storage.RoomMeta{Version: string(rv.ID), CreateID: create.EventID(), NextGroup: 1}
+	// The timeline starts above room for history fetched later with
+	// /backfill (and above the positions of an invite shown before).
+	base := max(prevMeta.Pos, backfillRoom)
+	r.meta = storage.RoomMeta{Version: string(rv.ID), CreateID: create.EventID(), NextGroup: 1,
+		Pos: base, TimelineBase: base, BackfillNext: base}
 	defer func() {
 		if !r.exists {
 			r.meta, r.rv = prevMeta, prevRV
@@ -317,7 +321,7 @@ func (r *roomActor) fedJoin(m *pb.RoomFedJoin) (*pb.SendEventReply, error) {
 		// The whole state becomes current; only the join is a change at its
 		// position, so /sync shows the state before it as the room's state.
 		for k, v := range st {
-			b.overlay[k] = v
+			b.setState(k, v, 0)
 		}
 		b.pos++
 		pos = b.pos
@@ -325,11 +329,7 @@ func (r *roomActor) fedJoin(m *pb.RoomFedJoin) (*pb.SendEventReply, error) {
 		pe := &pendingEvent{ev: join, rec: storage.RoomEvent{PDU: join.CanonicalPDU(), Pos: b.pos, StateGroup: joinGroup,
 			ReplacesState: st[k]}}
 		pe.deltas = []storage.RoomStateDelta{{Type: k.Type, StateKey: k.StateKey, Prev: st[k], New: join.EventID()}}
-		b.overlay[k] = join.EventID()
-		for sk := range b.overlay {
-			b.overlayPos[sk] = 0
-		}
-		b.overlayPos[k] = b.pos
+		b.setState(k, join.EventID(), b.pos)
 		b.added[join.EventID()] = join
 		b.events = append(b.events, pe)
 		b.extrem = []string{join.EventID()}
@@ -346,6 +346,10 @@ func (r *roomActor) fedJoin(m *pb.RoomFedJoin) (*pb.SendEventReply, error) {
 	}
 	return &pb.SendEventReply{EventId: join.EventID(), Pos: pos}, nil
 }
+
+// backfillRoom is how many history events a room joined over federation
+// can place below its first event.
+const backfillRoom = 1 << 16
 
 // maxJoinStateEvents bounds the state and auth chain of a send_join answer.
 const maxJoinStateEvents = 200000

@@ -16,7 +16,7 @@ import (
 // room actor's federation side. Signatures are the gateway's to check, so
 // the room trusts them; what the tests exercise is the graph work.
 type remoteServer struct {
-	t     *testing.T
+	t     testing.TB
 	name  string
 	keyID string
 	priv  ed25519.PrivateKey
@@ -27,7 +27,7 @@ type remoteServer struct {
 	events map[string]*eventgraph.Event
 }
 
-func newRemote(t *testing.T, name, version, room string) *remoteServer {
+func newRemote(t testing.TB, name, version, room string) *remoteServer {
 	seed := make([]byte, 32)
 	copy(seed, name)
 	return &remoteServer{t: t, name: name, keyID: "ed25519:r", priv: ed25519.NewKeyFromSeed(seed),
@@ -365,6 +365,28 @@ func TestFedJoinBootstrapsRoomElsewhere(t *testing.T) {
 	if _, ok := members.Joined[alice]; !ok || len(members.Joined) != 2 {
 		t.Fatalf("joined members on B: %v", members.Joined)
 	}
+	// B backfills the history before bob's join from A.
+	info := b.must(&pb.RoomFedInfo{RoomId: room}).(*pb.RoomFedInfoReply)
+	if len(info.BackwardExtremities) == 0 {
+		t.Fatal("B has no backward extremities after joining")
+	}
+	bf := a.must(&pb.RoomFedRead{RoomId: room, Origin: "remote.test", Kind: "backfill", EventIds: info.BackwardExtremities, Limit: 50}).(*pb.RoomFedReadReply)
+	if len(bf.Pdus) == 0 {
+		t.Fatal("A backfilled nothing")
+	}
+	in0 := b.must(&pb.RoomFedIngest{RoomId: room, Origin: testServer, Pdus: bf.Pdus, Backfill: true}).(*pb.RoomFedIngestReply)
+	for id, res := range in0.Results {
+		if res != "" {
+			t.Fatalf("backfilled %s refused: %s", id, res)
+		}
+	}
+	if got := strings.Join(b.timelineBodies(room, bob), "|"); got != "before bob" {
+		t.Fatalf("B's timeline after backfill %q", got)
+	}
+	info = b.must(&pb.RoomFedInfo{RoomId: room}).(*pb.RoomFedInfoReply)
+	if len(info.BackwardExtremities) != 0 {
+		t.Fatalf("backward extremities left after backfilling everything: %v", info.BackwardExtremities)
+	}
 	// bob sends on B; A ingests B's event.
 	sent := b.send(room, bob, "hello from B")
 	r := b.must(&pb.RoomFedRead{RoomId: room, Origin: testServer, Kind: "event", EventIds: []string{sent}}).(*pb.RoomFedReadReply)
@@ -374,6 +396,9 @@ func TestFedJoinBootstrapsRoomElsewhere(t *testing.T) {
 	}
 	if got := strings.Join(a.timelineBodies(room, alice), "|"); got != "before bob|hello from B" {
 		t.Fatalf("A's timeline %q", got)
+	}
+	if got := strings.Join(b.timelineBodies(room, bob), "|"); got != "before bob|hello from B" {
+		t.Fatalf("B's timeline %q", got)
 	}
 	// Both servers agree on the state.
 	sa := a.must(&pb.RoomFedRead{RoomId: room, Origin: "remote.test", Kind: "state_ids", EventIds: []string{sent}}).(*pb.RoomFedReadReply)
@@ -386,7 +411,7 @@ func TestFedJoinBootstrapsRoomElsewhere(t *testing.T) {
 func strPtr(s string) *string { return &s }
 
 // startNamedNode starts a node with another server name and key.
-func startNamedNode(t *testing.T, name string) *testNode {
+func startNamedNode(t testing.TB, name string) *testNode {
 	t.Helper()
 	seed := make([]byte, 32)
 	copy(seed, "key of "+name)

@@ -296,7 +296,9 @@ func (r *roomActor) queryJoinedMembers(m *pb.RoomQuery) (any, error) {
 // page walks the timeline from position from (exclusive for "f", inclusive
 // for "b") towards to (0: no bound) and cap, collecting up to limit events
 // user may see and filter matches. next is the token to continue from, or ""
-// when nothing is left in that direction.
+// when nothing is left in that direction. Positions need not be dense: the
+// walk follows the timeline's entries (history fetched with /backfill sits
+// below a joined room's first position).
 func (r *roomActor) page(rd *roomReader, user string, from, to, limit, cap uint64, backwards bool, f *roomEventFilter) (evs []*loadedEvent, mems []string, next string, err error) {
 	budget := max(limit*scanFactor, minScan)
 	if backwards {
@@ -309,34 +311,35 @@ func (r *roomActor) page(rd *roomReader, user string, from, to, limit, cap uint6
 		if err != nil {
 			return nil, nil, "", err
 		}
-		p := from
-		for ; p >= low && p > 0; p-- {
+		err = rd.rt.ScanTimeline(low, from, true, func(p uint64, _ string) (bool, error) {
 			if uint64(len(evs)) == limit || budget == 0 {
-				return evs, mems, posToken(p), nil
+				next = posToken(p)
+				return false, nil
 			}
 			budget--
 			l, err := rd.at(p)
-			if err != nil {
-				return nil, nil, "", err
-			}
-			if l == nil {
-				continue
+			if err != nil || l == nil {
+				return err == nil, err
 			}
 			before, err := rd.before(l, user, after)
 			if err != nil {
-				return nil, nil, "", err
+				return false, err
 			}
 			ok, err := rd.canSee(l, user, before, after)
 			if err != nil {
-				return nil, nil, "", err
+				return false, err
 			}
 			if ok && f.matches(l.ev) {
 				evs = append(evs, l)
 				mems = append(mems, orLeave(after.mem))
 			}
 			after = before
+			return true, nil
+		})
+		if err != nil {
+			return nil, nil, "", err
 		}
-		return evs, mems, "", nil
+		return evs, mems, next, nil
 	}
 	high := cap
 	if to > 0 {
@@ -347,31 +350,35 @@ func (r *roomActor) page(rd *roomReader, user string, from, to, limit, cap uint6
 	if err != nil {
 		return nil, nil, "", err
 	}
-	p := from + 1
-	for ; p <= high; p++ {
+	if from >= high {
+		return evs, mems, "", nil
+	}
+	err = rd.rt.ScanTimeline(from+1, high, false, func(p uint64, _ string) (bool, error) {
 		if uint64(len(evs)) == limit || budget == 0 {
-			return evs, mems, posToken(p - 1), nil
+			next = posToken(p - 1)
+			return false, nil
 		}
 		budget--
 		l, err := rd.at(p)
-		if err != nil {
-			return nil, nil, "", err
-		}
-		if l == nil {
-			continue
+		if err != nil || l == nil {
+			return err == nil, err
 		}
 		after := rd.after(l, user, before)
 		ok, err := rd.canSee(l, user, before, after)
 		if err != nil {
-			return nil, nil, "", err
+			return false, err
 		}
 		if ok && f.matches(l.ev) {
 			evs = append(evs, l)
 			mems = append(mems, orLeave(after.mem))
 		}
 		before = after
+		return true, nil
+	})
+	if err != nil {
+		return nil, nil, "", err
 	}
-	return evs, mems, "", nil
+	return evs, mems, next, nil
 }
 
 func pageLimit(n int32) uint64 {

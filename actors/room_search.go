@@ -140,6 +140,8 @@ func (r *roomActor) indexSearchBatch(idx bleve.Index) (done bool, err error) {
 			return false, fmt.Errorf("room %s: search position %q: %w", r.roomID, raw, err)
 		}
 	}
+	// History placed below a federated room's first event is not indexed.
+	from = max(from, r.meta.TimelineBase)
 	if from >= r.meta.Pos {
 		return true, nil
 	}

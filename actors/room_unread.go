@@ -108,17 +108,17 @@ func (r *roomActor) unreadCounts(rd *roomReader, user string, rules []byte) (not
 		return 0, 0, err
 	}
 	scanned := 0
-	for p := r.meta.Pos; p > floor && scanned < maxUnreadScan; p-- {
-		l, err := rd.at(p)
-		if err != nil {
-			return 0, 0, err
+	err = rd.rt.ScanTimeline(floor+1, r.meta.Pos, true, func(p uint64, _ string) (bool, error) {
+		if scanned >= maxUnreadScan {
+			return false, nil
 		}
-		if l == nil {
-			continue
+		l, err := rd.at(p)
+		if err != nil || l == nil {
+			return err == nil, err
 		}
 		scanned++
 		if l.ev.Sender() == user {
-			break
+			return false, nil
 		}
 		out := evaluateFor(eval, l.ev, pctx, pl)
 		if out.Notify {
@@ -127,6 +127,10 @@ func (r *roomActor) unreadCounts(rd *roomReader, user string, rules []byte) (not
 				highlight++
 			}
 		}
+		return true, nil
+	})
+	if err != nil {
+		return 0, 0, err
 	}
 	return notify, highlight, nil
 }

@@ -55,6 +55,11 @@ type RoomMeta struct {
 	NextGroup  uint64 `json:"next_group,omitempty"`
 	// GroupChain is the current state group's chain length.
 	GroupChain int `json:"group_chain,omitempty"`
+	// TimelineBase is, for a room joined over federation, the position
+	// before its first event: positions up to it hold history fetched with
+	// /backfill, placed downwards from BackfillNext (0: no room left).
+	TimelineBase uint64 `json:"timeline_base,omitempty"`
+	BackfillNext uint64 `json:"backfill_next,omitempty"`
 	// Outsider marks a room known only from a local user's invite or knock
 	// received over federation: no state, only that membership.
 	Outsider bool `json:"outsider,omitempty"`
