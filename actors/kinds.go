@@ -13,13 +13,15 @@ import (
 // adds them when it starts a node.
 func Kinds() map[string]func(env *Env) actor.Actor {
 	return map[string]func(env *Env) actor.Actor{
-		pb.KindRoom:      NewRoom,
-		pb.KindUser:      NewUser,
-		pb.KindDevice:    NewDevice,
-		pb.KindAlias:     NewAlias,
-		pb.KindDirectory: NewDirectory,
-		pb.KindCerts:     NewCerts,
-		pb.KindUserDir:   NewUserDir,
-		pb.KindMedia:     NewMedia,
+		pb.KindRoom:       NewRoom,
+		pb.KindUser:       NewUser,
+		pb.KindDevice:     NewDevice,
+		pb.KindAlias:      NewAlias,
+		pb.KindDirectory:  NewDirectory,
+		pb.KindCerts:      NewCerts,
+		pb.KindUserDir:    NewUserDir,
+		pb.KindMedia:      NewMedia,
+		pb.KindEventIndex: NewEventIndex,
+		pb.KindFedTxn:     NewFedTxn,
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"sort"
 	"time"
 
 	"go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shoal-chat/shoal/actors/pb"
 	"github.com/shoal-chat/shoal/eventgraph"
@@ -17,6 +19,13 @@ import (
 const (
 	// maxTypingTimeout caps how long one request marks a user as typing.
 	maxTypingTimeout = 120 * time.Second
+	// remoteTypingTimeout is how long a typing notification received over
+	// federation lasts: the EDU carries no timeout, and senders repeat it
+	// while their user types (Synapse keeps them as long).
+	remoteTypingTimeout = 60 * time.Second
+	// typingPing is how often a local user's ongoing typing is sent again
+	// to the other servers, so that it outlasts their remoteTypingTimeout.
+	typingPing = 40 * time.Second
 	// maxThreadReceipts bounds the threaded receipts kept per user and type.
 	maxThreadReceipts = 64
 )
@@ -37,8 +46,8 @@ func (r *roomActor) setTyping(m *pb.Typing) (*pb.Empty, error) {
 	if err := r.mustExist(); err != nil {
 		return nil, err
 	}
-	if r.membershipOf(m.UserId) != eventgraph.MembershipJoin {
-		return nil, ErrForbidden("user %s is not in room %s", m.UserId, r.roomID)
+	if err := r.checkEphemeralSender(m.Origin, m.UserId); err != nil {
+		return nil, err
 	}
 	_, was := r.typing[m.UserId]
 	if m.Typing {
@@ -46,9 +55,16 @@ func (r *roomActor) setTyping(m *pb.Typing) (*pb.Empty, error) {
 		if d <= 0 || d > maxTypingTimeout {
 			d = maxTypingTimeout
 		}
-		until := r.env.Now().Add(d)
+		if m.Origin != "" {
+			d = remoteTypingTimeout
+		}
+		now := r.env.Now()
+		until := now.Add(d)
 		r.typing[m.UserId] = until
 		r.scheduleSweep(until)
+		if m.Origin == "" && d > typingPing && len(r.remoteServers()) > 0 {
+			r.scheduleSweep(now.Add(typingPing))
+		}
 	} else {
 		delete(r.typing, m.UserId)
 	}
@@ -56,7 +72,62 @@ func (r *roomActor) setTyping(m *pb.Typing) (*pb.Empty, error) {
 		r.typingPos = r.nextEphemeral()
 		r.notifyEphemeral("")
 	}
+	// A local user's every start is sent on (it renews the other servers'
+	// timeout); a stop only when it changes something.
+	if m.Origin == "" && (m.Typing || was) {
+		r.federateTyping(m.UserId, m.Typing)
+	}
 	return &pb.Empty{}, nil
+}
+
+// checkEphemeralSender checks who may set user's typing or receipts: a
+// joined local user, or with origin (received over federation, MSC4163) a
+// joined user of origin whose server the room's ACL allows. Rooms hearing
+// from a remote user tell origin's inbound actor where the user is, so
+// that the user's presence reaches this room's members.
+func (r *roomActor) checkEphemeralSender(origin, user string) error {
+	if origin == "" {
+		if !r.isLocal(user) {
+			return ErrForbidden("user %s is not a user of this server", user)
+		}
+	} else {
+		if origin == r.env.Server.ServerName || serverOf(user) != origin {
+			return ErrForbidden("user %s does not belong to %s", user, origin)
+		}
+		if !r.aclAllows(origin) {
+			return errACLDenied(origin)
+		}
+	}
+	if r.membershipOf(user) != eventgraph.MembershipJoin {
+		return ErrForbidden("user %s is not in room %s", user, r.roomID)
+	}
+	if origin != "" {
+		r.env.Router.Send(&pb.FedPresenceRooms{Origin: origin,
+			Users: []*pb.FedUserRooms{{UserId: user, RoomIds: []string{r.roomID}}}})
+	}
+	return nil
+}
+
+// federateTyping queues an m.typing EDU for every other server in the room;
+// a newer one for the same user replaces it in the queues.
+func (r *roomActor) federateTyping(user string, typing bool) {
+	servers := r.remoteServers()
+	if len(servers) == 0 {
+		return
+	}
+	content, err := json.Marshal(map[string]any{"room_id": r.roomID, "user_id": user, "typing": typing})
+	if err != nil {
+		r.env.Log.Error("room: encode typing EDU", slog.Any("err", err))
+		return
+	}
+	r.enqueueEDU(servers, &pb.FedEDU{EduType: "m.typing", Content: content, Key: r.roomID + "\x00" + user})
+}
+
+// enqueueEDU hands one EDU to the outbound queues of servers.
+func (r *roomActor) enqueueEDU(servers []string, edu *pb.FedEDU) {
+	for _, srv := range servers {
+		r.env.Router.Send(&pb.FedEnqueue{Destination: srv, Edus: []*pb.FedEDU{proto.Clone(edu).(*pb.FedEDU)}})
+	}
 }
 
 // scheduleSweep makes sure the timer fires by until.
@@ -80,10 +151,14 @@ func (r *roomActor) sweepTyping() {
 	now := r.env.Now()
 	changed := false
 	var next time.Time
+	var stopped []string
 	for u, until := range r.typing {
 		if !until.After(now) {
 			delete(r.typing, u)
 			changed = true
+			if r.isLocal(u) {
+				stopped = append(stopped, u)
+			}
 		} else if next.IsZero() || until.Before(next) {
 			next = until
 		}
@@ -95,6 +170,25 @@ func (r *roomActor) sweepTyping() {
 		r.typingPos = r.nextEphemeral()
 		r.notifyEphemeral("")
 	}
+	sort.Strings(stopped)
+	for _, u := range stopped {
+		r.federateTyping(u, false)
+	}
+	// Local users still typing are announced again (and the timer comes
+	// back for the next announcement) while other servers are in the room.
+	var still []string
+	for u, until := range r.typing {
+		if r.isLocal(u) && until.After(now) {
+			still = append(still, u)
+		}
+	}
+	if len(still) > 0 && len(r.remoteServers()) > 0 {
+		sort.Strings(still)
+		for _, u := range still {
+			r.federateTyping(u, true)
+		}
+		r.scheduleSweep(now.Add(typingPing))
+	}
 }
 
 // setReceipt stores a receipt. m.read is shown to every member, m.read.private
@@ -103,11 +197,12 @@ func (r *roomActor) setReceipt(m *pb.Receipt) (*pb.Empty, error) {
 	if err := r.mustExist(); err != nil {
 		return nil, err
 	}
-	if m.ReceiptType != receiptRead && m.ReceiptType != receiptReadPrivate {
+	if m.ReceiptType != receiptRead && (m.ReceiptType != receiptReadPrivate || m.Origin != "") {
+		// Private receipts never travel between servers.
 		return nil, ErrInvalidParam("unsupported receipt type %q", m.ReceiptType)
 	}
-	if r.membershipOf(m.UserId) != eventgraph.MembershipJoin {
-		return nil, ErrForbidden("user %s is not in room %s", m.UserId, r.roomID)
+	if err := r.checkEphemeralSender(m.Origin, m.UserId); err != nil {
+		return nil, err
 	}
 	var known bool
 	err := r.env.Partition.View(func(tx *bbolt.Tx) error {
@@ -172,7 +267,32 @@ func (r *roomActor) setReceipt(m *pb.Receipt) (*pb.Empty, error) {
 	} else {
 		r.notifyEphemeral("")
 	}
+	if m.Origin == "" && m.ReceiptType == receiptRead {
+		r.federateReceipt(key, rc)
+	}
 	return &pb.Empty{}, nil
+}
+
+// federateReceipt queues a local user's public read receipt for every
+// other server in the room; a newer one for the same user, room and thread
+// replaces it in the queues.
+func (r *roomActor) federateReceipt(key storage.RoomReceiptKey, rc storage.RoomReceipt) {
+	servers := r.remoteServers()
+	if len(servers) == 0 {
+		return
+	}
+	data := map[string]any{"ts": rc.TS}
+	if key.Thread != "" {
+		data["thread_id"] = key.Thread
+	}
+	content, err := json.Marshal(map[string]any{r.roomID: map[string]any{key.Type: map[string]any{
+		key.User: map[string]any{"event_ids": []string{rc.EventID}, "data": data}}}})
+	if err != nil {
+		r.env.Log.Error("room: encode receipt EDU", slog.Any("err", err))
+		return
+	}
+	r.enqueueEDU(servers, &pb.FedEDU{EduType: "m.receipt", Content: content,
+		Key: r.roomID + "\x00" + key.Type + "\x00" + key.User + "\x00" + key.Thread})
 }
 
 // syncEphemeral is the ephemeral events of a joined room for user: m.typing

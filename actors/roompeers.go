@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 
@@ -23,6 +25,39 @@ const roomPeersFanout = 16
 func LocalRoomPeers(ctx context.Context, router Router, serverName, userID string, rooms []string,
 	onErr func(room string, err error)) map[string]bool {
 	peers := map[string]bool{}
+	for _, users := range roomJoinedMembers(ctx, router, userID, rooms, onErr) {
+		for _, u := range users {
+			if _, domain, ok := strings.Cut(u, ":"); ok && domain == serverName {
+				peers[u] = true
+			}
+		}
+	}
+	return peers
+}
+
+// RemoteRoomServers returns the servers other than serverName with a user
+// joined to any of rooms, sorted, asked like LocalRoomPeers (and, like it,
+// from a goroutine only).
+func RemoteRoomServers(ctx context.Context, router Router, serverName, userID string, rooms []string,
+	onErr func(room string, err error)) []string {
+	set := map[string]bool{}
+	for _, users := range roomJoinedMembers(ctx, router, userID, rooms, onErr) {
+		for _, u := range users {
+			if _, domain, ok := strings.Cut(u, ":"); ok && domain != serverName && domain != "" {
+				set[domain] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+// roomJoinedMembers returns the joined members of each of rooms, asked of
+// each room on behalf of userID (who must be joined). A room that cannot
+// answer is left out and its error passed to onErr, called from the
+// lookups' goroutines. It blocks on the rooms: call it from a goroutine.
+func roomJoinedMembers(ctx context.Context, router Router, userID string, rooms []string,
+	onErr func(room string, err error)) map[string][]string {
+	out := map[string][]string{}
 	var mu sync.Mutex
 	sem := make(chan struct{}, roomPeersFanout)
 	var wg sync.WaitGroup
@@ -38,17 +73,14 @@ func LocalRoomPeers(ctx context.Context, router Router, serverName, userID strin
 				}
 				return
 			}
+			users := slices.Sorted(maps.Keys(joined))
 			mu.Lock()
-			defer mu.Unlock()
-			for u := range joined {
-				if _, domain, ok := strings.Cut(u, ":"); ok && domain == serverName {
-					peers[u] = true
-				}
-			}
+			out[room] = users
+			mu.Unlock()
 		}(room)
 	}
 	wg.Wait()
-	return peers
+	return out
 }
 
 func joinedMembers(ctx context.Context, router Router, room, userID string) (map[string]json.RawMessage, error) {

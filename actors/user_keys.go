@@ -32,7 +32,8 @@ import (
 //	               it is added to the stream at a new account sequence
 //	changes        from, to (sync tokens) → {"changed":[…],"left":[]}
 //
-// Key backup ops are in user_keybackup.go.
+// Key backup ops are in user_keybackup.go; the federation ops (fed_*,
+// remote_*) in user_keys_remote.go.
 const (
 	// maxDevListEntries bounds the stored device list changes of a user;
 	// the oldest go first (a client that far behind resyncs all keys).
@@ -45,9 +46,14 @@ var devListCountKey = []byte("devlists_n")
 type userKeys struct {
 	// toDevice is the newest inbox position each device was told of.
 	toDevice map[string]uint64
+	// pub is the device list publishing to other servers (user_keys_remote.go).
+	pub fedPublishing
 }
 
 func (u *user) keysOp(ctx actor.Context, m *pb.UserKeysOp) acctResult {
+	if strings.HasPrefix(m.Op, "fed_") || strings.HasPrefix(m.Op, "remote_") {
+		return u.fedKeysOp(ctx, m)
+	}
 	if _, err := u.account(m.Op == "xsign_query" || m.Op == "devlist_changed"); err != nil {
 		if m.Op == "xsign_query" {
 			return keysReply(map[string]any{})

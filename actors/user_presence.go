@@ -20,7 +20,10 @@ import (
 // user actor fans the change out to the user actors of the local users
 // sharing a joined room with it (PresenceNotice); each keeps the latest
 // presence per user it was told about and reports the changes since a sync's
-// record in that sync's plan.
+// record in that sync's plan. The same fan-out sends an m.presence EDU to
+// every other server with a member in those rooms, and tells each such
+// server's inbound actor (fedtxn/<server>, actors/fedtxn.go) in which rooms
+// its users are, which is how their presence finds its way to local users.
 //
 // Fan-outs are coalesced: at most one is in flight per user, changes made
 // meanwhile are sent as one follow-up carrying the latest state, and none is
@@ -255,22 +258,98 @@ func (u *user) startPresenceFanout() {
 		notice.StatusMsg, notice.HasStatusMsg = *p.StatusMsg, true
 	}
 	notice.CurrentlyActive, _ = c["currently_active"].(bool)
+	edu, err := presenceEDU(u.userID, c)
+	if err != nil {
+		u.env.Log.Error("user: encode presence EDU", slog.String("user", u.userID), slog.Any("err", err))
+	}
 	rooms := u.roomsWith("join")
 	router, server, userID, log := u.env.Router, u.env.Server.ServerName, u.userID, u.env.Log
 	go func() {
 		defer router.Send(&pb.PresenceTick{UserId: userID, Kind: "fanout_done"})
 		ctx, cancel := context.WithTimeout(context.Background(), presenceFanoutTimeout)
 		defer cancel()
-		peers := LocalRoomPeers(ctx, router, server, userID, rooms, func(room string, err error) {
+		members := roomJoinedMembers(ctx, router, userID, rooms, func(room string, err error) {
 			log.Warn("user: presence fan-out: room members", slog.String("room", room), slog.Any("err", err))
 		})
-		delete(peers, userID)
-		for peer := range peers {
+		sp := splitRoomMembers(members, server)
+		delete(sp.local, userID)
+		for peer := range sp.local {
 			n := proto.Clone(notice).(*pb.PresenceNotice)
 			n.UserId = peer
 			router.Send(n)
 		}
+		if edu != nil {
+			for _, srv := range slices.Sorted(maps.Keys(sp.remote)) {
+				router.Send(&pb.FedEnqueue{Destination: srv, Edus: []*pb.FedEDU{proto.Clone(edu).(*pb.FedEDU)}})
+			}
+		}
+		// The remote members' servers' inbound actors learn where those
+		// users are, so that their presence reaches this server's members.
+		for _, origin := range slices.Sorted(maps.Keys(sp.remote)) {
+			router.Send(&pb.FedPresenceRooms{Origin: origin, Users: sp.remote[origin]})
+		}
 	}()
+}
+
+// presenceEDU is the m.presence EDU announcing userID's presence content c
+// to other servers; the queues keep only the newest per user.
+func presenceEDU(userID string, c map[string]any) (*pb.FedEDU, error) {
+	push := map[string]any{"user_id": userID}
+	for k, v := range c {
+		push[k] = v
+	}
+	if _, ok := push["currently_active"]; !ok {
+		push["currently_active"] = false
+	}
+	raw, err := json.Marshal(map[string]any{"push": []any{push}})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.FedEDU{EduType: "m.presence", Content: raw, Key: userID}, nil
+}
+
+// maxPresenceRemoteUsers bounds the remote users one fan-out reports to
+// their servers' inbound actors (rooms with more are learnt from other
+// local members' fan-outs and the users' typing and receipts).
+const maxPresenceRemoteUsers = 2000
+
+// roomMembers is what a fan-out found in the rooms it asked.
+type roomMembers struct {
+	local map[string]bool
+	// remote has, per remote server, its joined users and their rooms.
+	remote map[string][]*pb.FedUserRooms
+}
+
+// splitRoomMembers sorts the joined members of rooms (room → users) into
+// local users and remote users by server.
+func splitRoomMembers(members map[string][]string, server string) roomMembers {
+	out := roomMembers{local: map[string]bool{}, remote: map[string][]*pb.FedUserRooms{}}
+	byUser := map[string]*pb.FedUserRooms{}
+	for _, room := range slices.Sorted(maps.Keys(members)) {
+		for _, user := range members[room] {
+			srv := serverOf(user)
+			switch {
+			case srv == "":
+			case srv == server:
+				out.local[user] = true
+			default:
+				ur := byUser[user]
+				if ur == nil {
+					if len(byUser) >= maxPresenceRemoteUsers {
+						if _, ok := out.remote[srv]; !ok {
+							out.remote[srv] = nil // still gets the EDU
+						}
+						continue
+					}
+					ur = &pb.FedUserRooms{UserId: user}
+					byUser[user] = ur
+					out.remote[srv] = append(out.remote[srv], ur)
+				}
+				ur.RoomIds = append(ur.RoomIds, room)
+			}
+		}
+	}
+	return out
 }
 
 // presenceNotice stores a peer's presence and wakes the long-polls. The

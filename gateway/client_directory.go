@@ -40,6 +40,16 @@ func (s *Server) handleGetAlias(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
+	if _, domain, _ := cutColon(alias); domain != s.server.ServerName {
+		// Another server's alias: that server answers (query/directory).
+		roomID, servers, err := s.resolveRemoteAlias(r.Context(), alias)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"room_id": roomID, "servers": servers})
+		return
+	}
 	rep, err := roomRequest[*pb.AliasReply](r.Context(), s, &pb.AliasOp{Alias: alias, Op: "get"})
 	if err != nil {
 		writeError(w, r, err)
@@ -239,6 +249,9 @@ func (s *Server) setDirectoryVisibility(ctx context.Context, roomID, userID, vis
 
 func (s *Server) handleGetPublicRooms(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if s.remotePublicRooms(w, r, q.Get("server")) { // federation_directory.go
+		return
+	}
 	if err := s.checkDirectoryServer(q.Get("server")); err != nil {
 		writeError(w, r, err)
 		return
@@ -256,6 +269,9 @@ func (s *Server) handleGetPublicRooms(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handlePostPublicRooms(w http.ResponseWriter, r *http.Request, _ *Session) {
+	if s.remotePublicRooms(w, r, r.URL.Query().Get("server")) { // federation_directory.go
+		return
+	}
 	if err := s.checkDirectoryServer(r.URL.Query().Get("server")); err != nil {
 		writeError(w, r, err)
 		return

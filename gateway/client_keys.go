@@ -20,8 +20,7 @@ import (
 // user actors that own the keys, and, when a user's device list changes,
 // tells the user actors of everyone sharing a room with that user.
 //
-// Left out for now: remote users (no federation yet: their servers are
-// reported in `failures`).
+// Remote users go over federation (federation_e2ee.go).
 const (
 	// maxKeyTargets bounds the users × devices one request may name.
 	maxKeyTargets = 10_000
@@ -98,6 +97,8 @@ func (s *Server) notifyDeviceListChange(ctx context.Context, userID string) {
 	for u := range targets {
 		s.router.Send(&pb.UserKeysOp{UserId: u, Op: "devlist_changed", Body: body})
 	}
+	// The user's actor tells the other servers sharing a room what changed.
+	s.router.Send(&pb.UserKeysOp{UserId: userID, Op: "fed_publish"})
 }
 
 // localRoomPeers returns the local users sharing a joined room with userID
@@ -174,6 +175,7 @@ type keysQueryResult struct {
 func (s *Server) handleKeysQuery(w http.ResponseWriter, r *http.Request, sess *Session) {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
+		Timeout    *int64              `json:"timeout"`
 	}
 	if err := decodeJSON(r, &req); err != nil {
 		writeError(w, r, err)
@@ -188,19 +190,22 @@ func (s *Server) handleKeysQuery(w http.ResponseWriter, r *http.Request, sess *S
 		return
 	}
 	ctx := r.Context()
-	res := &keysQueryResult{deviceKeys: map[string]map[string]json.RawMessage{}, master: map[string]json.RawMessage{},
-		selfSigning: map[string]json.RawMessage{}, userSigning: map[string]json.RawMessage{}, failures: map[string]any{}}
+	res := newKeysQueryResult()
 	var users []string
-	for u := range req.DeviceKeys {
+	remote := map[string][]string{}
+	for u, devs := range req.DeviceKeys {
 		if !s.isLocalUser(u) {
-			if _, server, ok := strings.Cut(u, ":"); ok {
-				res.failures[server] = map[string]any{"errcode": "M_UNAVAILABLE", "error": "federation is not available"}
-			}
+			remote[u] = devs
 			continue
 		}
 		users = append(users, u)
 	}
+	var wg sync.WaitGroup
+	if len(remote) > 0 {
+		wg.Go(func() { s.queryRemoteKeys(ctx, sess.UserID, remote, keysTimeout(req.Timeout), res) })
+	}
 	fanOut(users, func(u string) { s.queryUserKeys(ctx, sess.UserID, u, req.DeviceKeys[u], res) })
+	wg.Wait()
 	writeJSON(w, http.StatusOK, map[string]any{"device_keys": res.deviceKeys, "master_keys": res.master,
 		"self_signing_keys": res.selfSigning, "user_signing_keys": res.userSigning, "failures": res.failures})
 }
@@ -249,6 +254,7 @@ type claimTarget struct{ user, device, alg string }
 func (s *Server) handleKeysClaim(w http.ResponseWriter, r *http.Request, sess *Session) {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
+		Timeout     *int64                       `json:"timeout"`
 	}
 	if err := decodeJSON(r, &req); err != nil {
 		writeError(w, r, err)
@@ -256,22 +262,39 @@ func (s *Server) handleKeysClaim(w http.ResponseWriter, r *http.Request, sess *S
 	}
 	var targets []claimTarget
 	failures := map[string]any{}
+	remote := map[string]map[string]string{}
+	n := 0
 	for u, devs := range req.OneTimeKeys {
+		n += len(devs)
 		if !s.isLocalUser(u) {
-			if _, server, ok := strings.Cut(u, ":"); ok {
-				failures[server] = map[string]any{"errcode": "M_UNAVAILABLE", "error": "federation is not available"}
-			}
+			remote[u] = devs
 			continue
 		}
 		for d, alg := range devs {
 			targets = append(targets, claimTarget{u, d, alg})
 		}
 	}
-	if len(targets) > maxKeyTargets {
+	if n > maxKeyTargets {
 		writeError(w, r, actors.ErrInvalidParam("too many devices (at most %d)", maxKeyTargets))
 		return
 	}
 	ctx := r.Context()
+	remoteOut := map[string]map[string]map[string]json.RawMessage{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	if len(remote) > 0 {
+		wg.Go(func() { s.claimRemoteKeys(ctx, remote, keysTimeout(req.Timeout), remoteOut, failures, &mu) })
+	}
+	out := s.claimLocalKeys(ctx, targets)
+	wg.Wait()
+	for u, devs := range remoteOut {
+		out[u] = devs
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"one_time_keys": out, "failures": failures})
+}
+
+// claimLocalKeys claims one key per target from the local devices' actors.
+func (s *Server) claimLocalKeys(ctx context.Context, targets []claimTarget) map[string]map[string]map[string]json.RawMessage {
 	out := map[string]map[string]map[string]json.RawMessage{}
 	var mu sync.Mutex
 	fanOut(targets, func(t claimTarget) {
@@ -292,7 +315,7 @@ func (s *Server) handleKeysClaim(w http.ResponseWriter, r *http.Request, sess *S
 		}
 		out[t.user][t.device] = map[string]json.RawMessage{rep.KeyID: rep.Key}
 	})
-	writeJSON(w, http.StatusOK, map[string]any{"one_time_keys": out, "failures": failures})
+	return out
 }
 
 // ---- /keys/changes ----
@@ -346,14 +369,23 @@ func (s *Server) handleSendToDevice(w http.ResponseWriter, r *http.Request, sess
 	}
 	var targets []deliverTarget
 	bodies := map[deliverTarget][]byte{}
+	remote := map[string]map[string]json.RawMessage{}
 	for u, devs := range req.Messages {
-		if !s.isLocalUser(u) {
-			continue // no federation yet: remote devices are not reached
-		}
 		for d, content := range devs {
 			if len(content) == 0 || content[0] != '{' {
 				writeError(w, r, actors.ErrBadJSON("message content must be an object"))
 				return
+			}
+			if !s.isLocalUser(u) {
+				if len(content) > actors.MaxToDeviceBytes {
+					writeError(w, r, errStatus(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "to-device message too large"))
+					return
+				}
+				if remote[u] == nil {
+					remote[u] = map[string]json.RawMessage{}
+				}
+				remote[u][d] = content
+				continue
 			}
 			msg, err := json.Marshal(map[string]any{"type": evType, "sender": sess.UserID, "content": content})
 			if err != nil {
@@ -402,6 +434,9 @@ func (s *Server) handleSendToDevice(w http.ResponseWriter, r *http.Request, sess
 		// already have the message keep one copy.
 		writeError(w, r, firstErr)
 		return
+	}
+	if len(remote) > 0 {
+		s.sendRemoteToDevice(sess.UserID, sess.DeviceID, evType, txnID, remote)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{})
 }

@@ -128,6 +128,19 @@ func (s *Server) mediaBodyLimit(r *http.Request) int64 {
 		strings.HasPrefix(r.URL.Path, "/_matrix/media/v3/upload") {
 		return max(s.mediaConfig().MaxUploadBytes, s.cfg.MaxBodyBytes)
 	}
+	return s.fedBodyLimit(r)
+}
+
+// maxTransactionBytes bounds a federation transaction's body: 50 PDUs of up
+// to 64 KiB and 100 EDUs fit, far more than the client API's limit.
+const maxTransactionBytes = 8 << 20
+
+// fedBodyLimit is the body limit of a request: transactions (PUT
+// /_matrix/federation/v1/send/…) may be larger than other requests.
+func (s *Server) fedBodyLimit(r *http.Request) int64 {
+	if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/send/") {
+		return max(maxTransactionBytes, s.cfg.MaxBodyBytes)
+	}
 	return s.cfg.MaxBodyBytes
 }
 
@@ -421,6 +434,10 @@ func (s *Server) frozen(createdMs int64) bool {
 }
 
 func (s *Server) serveDownload(w http.ResponseWriter, r *http.Request, legacy bool) {
+	if !legacy && r.PathValue("serverName") != s.cfg.ServerName {
+		s.serveRemoteMedia(w, r, false) // federation_media_remote.go
+		return
+	}
 	if legacy && s.cfg.Media.UnauthenticatedUntil.IsZero() {
 		writeError(w, r, actors.ErrNotFound("media not found"))
 		return
@@ -450,6 +467,10 @@ func (s *Server) serveDownload(w http.ResponseWriter, r *http.Request, legacy bo
 }
 
 func (s *Server) serveThumbnail(w http.ResponseWriter, r *http.Request, legacy bool) {
+	if !legacy && r.PathValue("serverName") != s.cfg.ServerName {
+		s.serveRemoteMedia(w, r, true) // federation_media_remote.go
+		return
+	}
 	mediaID, err := s.localMedia(r)
 	if err != nil {
 		writeError(w, r, err)
@@ -527,26 +548,7 @@ func (s *Server) serveBlob(w http.ResponseWriter, r *http.Request, owner string,
 		return
 	}
 	defer f.Close()
-	ct := info.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
-	}
-	mt, _, err := mime.ParseMediaType(ct)
-	if err != nil {
-		ct, mt = "application/octet-stream", "application/octet-stream"
-	}
-	disposition := "attachment"
-	if inlineTypes[strings.ToLower(mt)] {
-		disposition = "inline"
-	}
-	params := map[string]string{}
-	if filename != "" {
-		params["filename"] = filename
-	}
-	cd := mime.FormatMediaType(disposition, params)
-	if cd == "" { // a name FormatMediaType cannot encode
-		cd = disposition
-	}
+	ct, cd := mediaHeaders(info.ContentType, filename)
 	h := w.Header()
 	h.Set("Content-Type", ct)
 	h.Set("Content-Disposition", cd)

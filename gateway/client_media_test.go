@@ -138,8 +138,9 @@ func TestMediaUploadDownload(t *testing.T) {
 	wantErr(t, resp, body, 401, "M_MISSING_TOKEN")
 	resp, body = mediaReq(t, node, bob.AccessToken, "GET", "/_matrix/client/v1/media/download/"+node.ServerName()+"/"+mxc.FileID[:12]+strings.Repeat("A", 24), nil, nil)
 	wantErr(t, resp, body, 404, "M_NOT_FOUND")
+	// Remote media is fetched over federation (federation_media_remote.go): an unreachable server is 502.
 	resp, body = mediaReq(t, node, bob.AccessToken, "GET", "/_matrix/client/v1/media/download/elsewhere.example/"+mxc.FileID, nil, nil)
-	wantErr(t, resp, body, 404, "M_NOT_FOUND")
+	wantErr(t, resp, body, 502, "M_UNKNOWN")
 	resp, body = mediaReq(t, node, bob.AccessToken, "GET", "/_matrix/client/v1/media/download/"+node.ServerName()+"/..%2F..%2Fetc", nil, nil)
 	wantErr(t, resp, body, 404, "M_NOT_FOUND")
 

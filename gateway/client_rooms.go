@@ -572,6 +572,9 @@ func (s *Server) resolveRoom(ctx context.Context, idOrAlias string) (string, err
 }
 
 func (s *Server) handleJoinByIDOrAlias(w http.ResponseWriter, r *http.Request, sess *Session) {
+	if s.joinByRemoteAlias(w, r, sess) {
+		return
+	}
 	roomID, err := s.resolveRoom(r.Context(), r.PathValue("roomIdOrAlias"))
 	if err != nil {
 		writeError(w, r, err)
@@ -596,6 +599,9 @@ func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request, sess *Session,
 		return
 	}
 	ctx := r.Context()
+	if s.joinRemote(w, r, sess, roomID, b.Reason) {
+		return
+	}
 	m := &pb.Membership{RoomId: roomID, Sender: sess.UserID, Target: sess.UserID, Membership: "join",
 		Reason: b.Reason, Profile: s.memberProfile(ctx, sess.UserID), DeviceId: sess.DeviceID}
 	_, err = roomRequest[*pb.SendEventReply](ctx, s, m)
@@ -647,6 +653,9 @@ func (s *Server) restrictedVia(ctx context.Context, roomID, userID string) strin
 }
 
 func (s *Server) handleKnock(w http.ResponseWriter, r *http.Request, sess *Session) {
+	if s.knockRemote(w, r, sess) {
+		return
+	}
 	roomID, err := s.resolveRoom(r.Context(), r.PathValue("roomIdOrAlias"))
 	if err != nil {
 		writeError(w, r, err)
@@ -671,6 +680,9 @@ func (s *Server) handleInvite(w http.ResponseWriter, r *http.Request, sess *Sess
 	roomID, b, err := readMembershipRequest(r)
 	if err != nil {
 		writeError(w, r, err)
+		return
+	}
+	if s.inviteRemote(w, r, sess, roomID, b) {
 		return
 	}
 	ctx := r.Context()
@@ -705,6 +717,9 @@ func (s *Server) handleLeave(w http.ResponseWriter, r *http.Request, sess *Sessi
 	b, err := readReasonBody(r)
 	if err != nil {
 		writeError(w, r, err)
+		return
+	}
+	if s.leaveRemote(w, r, sess, roomID, b.Reason) {
 		return
 	}
 	_, err = roomRequest[*pb.SendEventReply](r.Context(), s, &pb.Membership{RoomId: roomID, Sender: sess.UserID,
@@ -1013,7 +1028,7 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request, sess *Se
 		writeError(w, r, err)
 		return
 	}
-	raw, err := s.roomQuery(r.Context(), &pb.RoomQuery{RoomId: roomID, UserId: sess.UserID, Kind: "messages",
+	raw, err := s.messagesBackfilled(r.Context(), &pb.RoomQuery{RoomId: roomID, UserId: sess.UserID, Kind: "messages",
 		From: q.Get("from"), To: q.Get("to"), Dir: dir, Limit: limit, Filter: filter})
 	if err != nil {
 		writeError(w, r, err)

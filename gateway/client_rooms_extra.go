@@ -126,25 +126,36 @@ func (s *Server) handleThreads(w http.ResponseWriter, r *http.Request, sess *Ses
 	writeJSON(w, http.StatusOK, json.RawMessage(rep.Json))
 }
 
+// timestampQuery reads the ts and dir parameters of /timestamp_to_event.
+func timestampQuery(r *http.Request) (int64, string, error) {
+	q := r.URL.Query()
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil || ts < 0 {
+		return 0, "", actors.ErrInvalidParam("ts must be a timestamp in milliseconds")
+	}
+	dir := q.Get("dir")
+	if dir != "f" && dir != "b" {
+		return 0, "", actors.ErrInvalidParam("dir must be f or b")
+	}
+	return ts, dir, nil
+}
+
 func (s *Server) handleTimestampToEvent(w http.ResponseWriter, r *http.Request, sess *Session) {
 	roomID, err := pathRoomID(r)
 	if err != nil {
 		writeError(w, r, err)
 		return
 	}
-	q := r.URL.Query()
-	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
-	if err != nil || ts < 0 {
-		writeError(w, r, actors.ErrInvalidParam("ts must be a timestamp in milliseconds"))
-		return
-	}
-	dir := q.Get("dir")
-	if dir != "f" && dir != "b" {
-		writeError(w, r, actors.ErrInvalidParam("dir must be f or b"))
+	ts, dir, err := timestampQuery(r)
+	if err != nil {
+		writeError(w, r, err)
 		return
 	}
 	rep, err := roomRequest[*pb.RoomQueryReply](r.Context(), s, &pb.RoomTimestamp{RoomId: roomID, UserId: sess.UserID,
 		Ts: ts, Dir: dir})
+	if err != nil && s.remoteTimestampToEvent(w, r, roomID, ts, dir, err) { // federation_directory.go
+		return
+	}
 	if err != nil {
 		writeError(w, r, err)
 		return
@@ -237,8 +248,8 @@ func decodeHierarchyToken(s string) (hierarchyToken, bool) {
 // handleHierarchy walks a space depth first from the room: each room the
 // user may preview is listed with its m.space.child events, and its
 // children (ordered by their order field, then timestamp, then room ID)
-// come next. Rooms this server does not hold are skipped: federation
-// (/_matrix/federation/v1/hierarchy) is not asked.
+// come next. Rooms this server does not hold are asked of a server in the
+// child's via over federation (federation_directory.go).
 func (s *Server) handleHierarchy(w http.ResponseWriter, r *http.Request, sess *Session) {
 	roomID, err := pathRoomID(r)
 	if err != nil {
@@ -294,7 +305,9 @@ func (s *Server) handleHierarchy(w http.ResponseWriter, r *http.Request, sess *S
 		roomID string
 		depth  int
 		sum    *spaceSummary
+		via    []string
 	}
+	remote := &remoteSpaces{}
 	stack := []item{{roomID: roomID, depth: 0, sum: root}}
 	seen := map[string]bool{roomID: true}
 	var chunk []map[string]json.RawMessage
@@ -310,7 +323,7 @@ func (s *Server) handleHierarchy(w http.ResponseWriter, r *http.Request, sess *S
 			}
 			visited++
 			var ok bool
-			if sum, ok, err = s.spaceRoom(ctx, it.roomID, sess.UserID); err != nil {
+			if sum, ok, err = s.spaceRoomVia(ctx, remote, it.roomID, sess.UserID, it.via); err != nil {
 				writeError(w, r, err)
 				return
 			} else if !ok {
@@ -348,7 +361,7 @@ func (s *Server) handleHierarchy(w http.ResponseWriter, r *http.Request, sess *S
 				continue
 			}
 			seen[c] = true
-			stack = append(stack, item{roomID: c, depth: it.depth + 1})
+			stack = append(stack, item{roomID: c, depth: it.depth + 1, via: childVia(children[i])})
 		}
 	}
 	out := map[string]any{"rooms": chunk}
@@ -438,6 +451,12 @@ func (s *Server) handleRoomSummary(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeError(w, r, err)
 		return
+	}
+	if sum == nil { // not here: ask over federation (federation_directory.go)
+		if room, ok := s.remoteRoomSummary(ctx, roomID, userID, r.URL.Query()["via"]); ok {
+			writeJSON(w, http.StatusOK, room)
+			return
+		}
 	}
 	if !ok {
 		writeError(w, r, notFound)

@@ -57,6 +57,8 @@ type TrustedKeyServer struct {
 type federation struct {
 	client   *fedclient.Client
 	notaries []actors.Notary
+	// queueStats are the outbound queues' counters (federation_queue.go).
+	queueStats *actors.FedQueueStats
 }
 
 // newFederation builds the outbound client of a node named by ident.
@@ -144,4 +146,10 @@ func (s *Server) registerFederation() {
 	s.handle("GET /_matrix/federation/v1/version", s.handleFederationVersion)
 	s.handle("GET /_matrix/federation/v1/query/profile", s.fedAuthed(s.handleFederationProfile))
 	s.handle("GET /_matrix/federation/v1/query/directory", s.fedAuthed(s.handleFederationDirectory))
+	s.registerFederationMembership()
+	s.registerFederationMediaDirectory()
+	s.registerFederationE2EE()
+	s.registerFederationSend()
+	s.registerFederationEvents()
+	s.registerFederationQueue()
 }

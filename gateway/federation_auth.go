@@ -46,7 +46,7 @@ func (s *Server) authenticateServer(r *http.Request) (string, []byte, error) {
 	if x.Destination != "" && x.Destination != s.cfg.ServerName {
 		return "", nil, errFedUnauthorized("request is not addressed to this server")
 	}
-	body, err := readBody(r, s.cfg.MaxBodyBytes)
+	body, err := readBody(r, s.fedBodyLimit(r))
 	if err != nil {
 		return "", nil, err
 	}

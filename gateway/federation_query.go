@@ -42,6 +42,10 @@ func (s *Server) handleFederationProfile(w http.ResponseWriter, r *http.Request,
 		writeError(w, r, actors.ErrInvalidParam("user %s is not local to this server", userID))
 		return
 	}
+	if err := s.fedProfileLookupAllowed(r.Context(), origin, userID); err != nil { // MSC4170, federation_directory.go
+		writeError(w, r, err)
+		return
+	}
 	p, err := s.profile(r.Context(), userID)
 	if err != nil {
 		writeError(w, r, err)
@@ -95,6 +99,9 @@ func (s *Server) remoteProfile(ctx context.Context, userID string) (map[string]j
 		var he *fedclient.HTTPError
 		if errors.As(err, &he) && he.Status == http.StatusNotFound {
 			return nil, actors.ErrNotFound("profile not found")
+		}
+		if errors.As(err, &he) && he.Status == http.StatusForbidden {
+			return nil, actors.ErrForbidden("%s does not share this profile", server)
 		}
 		s.log.Info("gateway: remote profile", "user", userID, "err", err)
 		return nil, errStatus(http.StatusBadGateway, "M_UNKNOWN", "could not get the profile from "+server)

@@ -38,7 +38,7 @@ type fakePeer struct {
 	down    atomic.Bool
 }
 
-func startFakePeer(t *testing.T, fed *shoaltest.Federation, name string) *fakePeer {
+func startFakePeer(t testing.TB, fed *shoaltest.Federation, name string) *fakePeer {
 	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	p := &fakePeer{id: &actors.ServerIdentity{ServerName: name, KeyID: "ed25519:fake1", PrivateKey: priv}}

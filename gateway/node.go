@@ -118,6 +118,7 @@ func StartNode(cfg NodeConfig) (*Node, error) {
 	}
 	cfg.Gateway.Federation.built = fed
 	kinds = withServerKind(kinds, fed)
+	kinds = withFedQueueKind(kinds, fed)
 	kinds = withPushSender(kinds, cfg.Gateway)
 	m := newMetrics()
 	storageOpts := cfg.Storage

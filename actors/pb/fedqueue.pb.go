@@ -216,8 +216,11 @@ func (x *FedEnqueue) GetRoomId() string {
 // to every queue with something stored, so that a restart or a partition
 // handoff does not leave queued items unsent.
 type FedQueueWake struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Destination   string                 `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Destination string                 `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// retry_now ends the backoff of a failing destination (e.g. because it
+	// has just sent us a transaction, so it is reachable again).
+	RetryNow      bool `protobuf:"varint,2,opt,name=retry_now,json=retryNow,proto3" json:"retry_now,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -257,6 +260,13 @@ func (x *FedQueueWake) GetDestination() string {
 		return x.Destination
 	}
 	return ""
+}
+
+func (x *FedQueueWake) GetRetryNow() bool {
+	if x != nil {
+		return x.RetryNow
+	}
+	return false
 }
 
 // FedQueueResult is the outcome of one attempt to send a transaction,
@@ -353,9 +363,10 @@ const file_fedqueue_proto_rawDesc = "" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x12\n" +
 	"\x04pdus\x18\x02 \x03(\fR\x04pdus\x12(\n" +
 	"\x04edus\x18\x03 \x03(\v2\x14.shoal.actors.FedEDUR\x04edus\x12\x17\n" +
-	"\aroom_id\x18\x04 \x01(\tR\x06roomId\"0\n" +
+	"\aroom_id\x18\x04 \x01(\tR\x06roomId\"M\n" +
 	"\fFedQueueWake\x12 \n" +
-	"\vdestination\x18\x01 \x01(\tR\vdestination\"\xe3\x01\n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x1b\n" +
+	"\tretry_now\x18\x02 \x01(\bR\bretryNow\"\xe3\x01\n" +
 	"\x0eFedQueueResult\x12 \n" +
 	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\x04R\aattempt\x12\x15\n" +

@@ -1031,11 +1031,15 @@ func (x *SyncRoomReply) GetEmpty() bool {
 }
 
 type Typing struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
-	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Typing        bool                   `protobuf:"varint,3,opt,name=typing,proto3" json:"typing,omitempty"`
-	TimeoutMs     int64                  `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RoomId    string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId    string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Typing    bool                   `protobuf:"varint,3,opt,name=typing,proto3" json:"typing,omitempty"`
+	TimeoutMs int64                  `protobuf:"varint,4,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// origin is, for a typing notification received over federation, the
+	// server that sent it (user_id must be of that server, and the room's
+	// server ACL must allow it); empty for a local user's.
+	Origin        string `protobuf:"bytes,5,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1098,14 +1102,23 @@ func (x *Typing) GetTimeoutMs() int64 {
 	return 0
 }
 
+func (x *Typing) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
 type Receipt struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RoomId        string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
-	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	ReceiptType   string                 `protobuf:"bytes,3,opt,name=receipt_type,json=receiptType,proto3" json:"receipt_type,omitempty"`
-	EventId       string                 `protobuf:"bytes,4,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
-	ThreadId      string                 `protobuf:"bytes,5,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
-	Ts            int64                  `protobuf:"varint,6,opt,name=ts,proto3" json:"ts,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	RoomId      string                 `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
+	UserId      string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	ReceiptType string                 `protobuf:"bytes,3,opt,name=receipt_type,json=receiptType,proto3" json:"receipt_type,omitempty"`
+	EventId     string                 `protobuf:"bytes,4,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	ThreadId    string                 `protobuf:"bytes,5,opt,name=thread_id,json=threadId,proto3" json:"thread_id,omitempty"`
+	Ts          int64                  `protobuf:"varint,6,opt,name=ts,proto3" json:"ts,omitempty"`
+	// origin: as in Typing, for a receipt received over federation.
+	Origin        string `protobuf:"bytes,7,opt,name=origin,proto3" json:"origin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1180,6 +1193,13 @@ func (x *Receipt) GetTs() int64 {
 		return x.Ts
 	}
 	return 0
+}
+
+func (x *Receipt) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
 }
 
 type Register struct {
@@ -6426,20 +6446,22 @@ const file_messages_proto_rawDesc = "" +
 	"\x04json\x18\x01 \x01(\fR\x04json\x12\x10\n" +
 	"\x03pos\x18\x02 \x01(\x04R\x03pos\x12#\n" +
 	"\rephemeral_pos\x18\x03 \x01(\x04R\fephemeralPos\x12\x14\n" +
-	"\x05empty\x18\x04 \x01(\bR\x05empty\"q\n" +
+	"\x05empty\x18\x04 \x01(\bR\x05empty\"\x89\x01\n" +
 	"\x06Typing\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06typing\x18\x03 \x01(\bR\x06typing\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\"\xa6\x01\n" +
+	"timeout_ms\x18\x04 \x01(\x03R\ttimeoutMs\x12\x16\n" +
+	"\x06origin\x18\x05 \x01(\tR\x06origin\"\xbe\x01\n" +
 	"\aReceipt\x12\x17\n" +
 	"\aroom_id\x18\x01 \x01(\tR\x06roomId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12!\n" +
 	"\freceipt_type\x18\x03 \x01(\tR\vreceiptType\x12\x19\n" +
 	"\bevent_id\x18\x04 \x01(\tR\aeventId\x12\x1b\n" +
 	"\tthread_id\x18\x05 \x01(\tR\bthreadId\x12\x0e\n" +
-	"\x02ts\x18\x06 \x01(\x03R\x02ts\"\xb5\x01\n" +
+	"\x02ts\x18\x06 \x01(\x03R\x02ts\x12\x16\n" +
+	"\x06origin\x18\a \x01(\tR\x06origin\"\xb5\x01\n" +
 	"\bRegister\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12#\n" +
 	"\rpassword_hash\x18\x02 \x01(\fR\fpasswordHash\x12\x14\n" +

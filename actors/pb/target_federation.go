@@ -17,7 +17,7 @@ func (m *RoomFedOutsider) ActorIdentity() string       { return RoomIdentity(m.R
 const KindEventIndex = "eventidx"
 
 // EventIndexShards is how many shards the event index has.
-const EventIndexShards = 64
+const EventIndexShards = 8
 
 // EventIndexShard is the shard of the event index holding eventID: a hash
 // of the ID (FNV-1a), so every node computes the same shard.
