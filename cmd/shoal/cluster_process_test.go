@@ -67,6 +67,10 @@ type clusterProc struct {
 	dir                           string
 	client, admin, gossip, rpcAdr string
 	p                             *proc
+	// serverName is the cluster's server name ("proc.test" when empty);
+	// extra are more serve flags (TLS, federation).
+	serverName string
+	extra      []string
 }
 
 func newClusterProc(t *testing.T, name string) *clusterProc {
@@ -77,9 +81,14 @@ func newClusterProc(t *testing.T, name string) *clusterProc {
 // waits until its client API answers.
 func (c *clusterProc) start(t *testing.T, join string) {
 	t.Helper()
-	args := []string{"serve", "--server-name", "proc.test", "--data-dir", c.dir,
+	name := c.serverName
+	if name == "" {
+		name = "proc.test"
+	}
+	args := []string{"serve", "--server-name", name, "--data-dir", c.dir,
 		"--client-listen", c.client, "--tls-listen", "", "--admin-listen", c.admin, "--no-rate-limit", "--log-level", "warn",
 		"--cluster-listen", c.gossip, "--cluster-rpc-listen", c.rpcAdr}
+	args = append(args, c.extra...)
 	if join != "" {
 		args = append(args, "--join", join)
 	}
