@@ -380,7 +380,6 @@ func splitDisplayName(raw json.RawMessage) (json.RawMessage, string) {
 	return b, unsigned.Name
 }
 
-
 // SharesRoom reports whether remote is joined to one of rooms (rooms local
 // is joined to), asking each room's actor on behalf of local; it stops at
 // the first room found. A room that cannot answer counts as not shared.
