@@ -393,6 +393,12 @@ type batch struct {
 	// backfilled are history events placed by this batch, oldest first;
 	// commit gives them positions below the timeline.
 	backfilled []string
+	// bootstrap: the batch starts the room here from a send_join answer.
+	bootstrap bool
+	// forwardFrom is the server whose membership event (send_join,
+	// send_leave, send_knock) the batch holds: the room sends it to the
+	// other servers in the room.
+	forwardFrom string
 	// noFederate: the events reached the other servers another way (a join
 	// through send_join), so the room does not queue them.
 	noFederate bool

@@ -58,7 +58,9 @@ func (r *roomActor) federate(b *batch, before []string) {
 		before = nil
 	}
 	for _, pe := range b.events {
-		if r.isLocal(pe.ev.Sender()) && !b.noFederate {
+		// A membership event another server made through us (send_join,
+		// send_leave, send_knock) is ours to pass on to the rest of the room.
+		if (r.isLocal(pe.ev.Sender()) || b.forwardFrom != "") && !b.noFederate {
 			pdus = append(pdus, pe.rec.PDU)
 		}
 	}
@@ -70,10 +72,12 @@ func (r *roomActor) federate(b *batch, before []string) {
 		for _, s := range r.remoteServers() {
 			dests[s] = true
 		}
+		delete(dests, b.forwardFrom)
 		for d := range dests {
 			r.env.Router.Send(&pb.FedEnqueue{Destination: d, Pdus: pdus, RoomId: r.roomID})
 		}
 	}
+	r.tellPresenceRooms(b)
 	shards := map[string][]string{}
 	add := func(id string) {
 		sh := pb.EventIndexShard(id)
@@ -87,6 +91,47 @@ func (r *roomActor) federate(b *batch, before []string) {
 	}
 	for sh, ids := range shards {
 		r.env.Router.Send(&pb.EventIndexAdd{Shard: sh, RoomId: r.roomID, EventIds: ids})
+	}
+}
+
+// tellPresenceRooms tells each remote server's transaction actor which of
+// its users joined or left the room in this batch (every remote member,
+// when the batch started the room here from a send_join answer): an
+// m.presence EDU names users, not rooms, and that actor delivers it to the
+// local users sharing a room with them.
+func (r *roomActor) tellPresenceRooms(b *batch) {
+	joined := map[string][]*pb.FedUserRooms{}
+	left := map[string][]*pb.FedUserRooms{}
+	add := func(to map[string][]*pb.FedUserRooms, user string) {
+		if s := serverOf(user); s != "" && s != r.env.Server.ServerName {
+			to[s] = append(to[s], &pb.FedUserRooms{UserId: user, RoomIds: []string{r.roomID}})
+		}
+	}
+	if b.bootstrap {
+		for user, m := range r.members {
+			if m.Membership == eventgraph.MembershipJoin {
+				add(joined, user)
+			}
+		}
+	} else {
+		for _, pe := range b.events {
+			for _, d := range pe.deltas {
+				if d.Type != eventgraph.TypeMember {
+					continue
+				}
+				if r.members[d.StateKey].Membership == eventgraph.MembershipJoin {
+					add(joined, d.StateKey)
+				} else {
+					add(left, d.StateKey)
+				}
+			}
+		}
+	}
+	for origin, users := range joined {
+		r.env.Router.Send(&pb.FedPresenceRooms{Origin: origin, Users: users})
+	}
+	for origin, users := range left {
+		r.env.Router.Send(&pb.FedPresenceRooms{Origin: origin, Users: users, Left: true})
 	}
 }
 

@@ -150,6 +150,7 @@ func (r *roomActor) sendMembership(m *pb.RoomSendMembership) (*pb.RoomSendMember
 	if res != "" {
 		return nil, ErrForbidden("%s", res)
 	}
+	b.forwardFrom = m.Origin
 	if err := b.commit(); err != nil {
 		return nil, err
 	}
@@ -340,7 +341,7 @@ func (r *roomActor) fedJoin(m *pb.RoomFedJoin) (*pb.SendEventReply, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.noFederate = true
+	b.noFederate, b.bootstrap = true, true
 	if err := b.commitJoined(join.Sender()); err != nil {
 		return nil, err
 	}

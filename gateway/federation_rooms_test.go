@@ -13,6 +13,8 @@ import (
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
+
+	"github.com/shoal-chat/shoal/gateway/shoaltest"
 )
 
 // Rooms shared by two shoal deployments (a.test and b.test, each with a
@@ -263,4 +265,41 @@ func TestFederationDowntimeAndForks(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitBodies(t, ctx, alice, room, append(append([]string{}, sent...), "after the merge")...)
+}
+
+// Three servers: the resident server passes a join it accepted through
+// send_join on to the other servers in the room, and everyone's messages
+// reach everyone.
+func TestFederationThreeServers(t *testing.T) {
+	ctx := context.Background()
+	fed := shoaltest.NewFederation(t)
+	a, b, c := fed.Start(t, "a.test"), fed.Start(t, "b.test"), fed.Start(t, "c.test")
+	alice, bob, carol := a.Register("alice"), b.Register("bob"), c.Register("carol")
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "12"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := created.RoomID
+	for _, cli := range []*mautrix.Client{bob, carol} {
+		if _, err := cli.JoinRoom(ctx, room.String(), &mautrix.ReqJoinRoom{Via: []string{"a.test"}}); err != nil {
+			t.Fatalf("%s joins: %v", cli.UserID, err)
+		}
+	}
+	want := []string{alice.UserID.String(), bob.UserID.String(), carol.UserID.String()}
+	slices.Sort(want)
+	eventually(t, "every server lists all three members", 30*time.Second, func() (bool, string) {
+		ja, jb, jc := joinedOf(ctx, alice, room), joinedOf(ctx, bob, room), joinedOf(ctx, carol, room)
+		return slices.Equal(ja, want) && slices.Equal(jb, want) && slices.Equal(jc, want), fmt.Sprint(ja, jb, jc)
+	})
+	var sent []string
+	for _, cli := range []*mautrix.Client{alice, bob, carol} {
+		msg := "from " + cli.UserID.String()
+		if _, err := cli.SendText(ctx, room, msg); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, msg)
+		for _, other := range []*mautrix.Client{alice, bob, carol} {
+			waitBodies(t, ctx, other, room, sent...)
+		}
+	}
 }
