@@ -23,8 +23,8 @@ type ProtoEvent struct {
 	// Content is a JSON object; nil means {}. It must be canonicalisable
 	// strictly (no floats), whatever the room version.
 	Content json.RawMessage
-	// Redacts is the target of an m.room.redaction: written top-level
-	// before v11 and as content.redacts from v11.
+	// Redacts is the target of an m.room.redaction: written top-level,
+	// and from v11 also (authoritatively) as content.redacts.
 	Redacts    string
 	PrevEvents []string
 	AuthEvents []string
@@ -116,9 +116,12 @@ func buildEvent(p *ProtoEvent, rv *RoomVersion, origin, keyID string, priv ed255
 				return nil, invalidParam("redacts", "differs from content.redacts", nil)
 			}
 			content = appendObject(make([]byte, 0, len(content)+len(r)+12), setMember(cms, "redacts", r))
-		} else {
-			topRedacts = r
 		}
+		// From v11 the redaction algorithm keeps content.redacts and the
+		// top-level key means nothing; it is still written so that servers
+		// which read only it (Dendrite 0.13) apply the redaction, as
+		// Dendrite itself does.
+		topRedacts = r
 	}
 
 	var eventID string

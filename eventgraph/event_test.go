@@ -153,7 +153,9 @@ func TestBuildEventVersionShapes(t *testing.T) {
 		p.Type, p.Redacts = "m.room.redaction", egEventID(v11, 9)
 		p.Content = nil
 		e := egBuild(t, v11, p)
-		if e.Redacts() != p.Redacts || string(e.Content()) != `{"redacts":"`+p.Redacts+`"}` || bytes.Contains(e.JSON(), []byte(`,"redacts"`)) {
+		// content.redacts is the one that counts; the top-level copy is for
+		// servers that predate v11 (Dendrite 0.13 reads only it).
+		if e.Redacts() != p.Redacts || string(e.Content()) != `{"redacts":"`+p.Redacts+`"}` || !bytes.Contains(e.JSON(), []byte(`,"redacts":"`+p.Redacts+`"`)) {
 			t.Errorf("v11 redaction: %s", e.JSON())
 		}
 		ce, _ := e.ToClientEvent()

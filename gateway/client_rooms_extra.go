@@ -126,6 +126,12 @@ func (s *Server) handleThreads(w http.ResponseWriter, r *http.Request, sess *Ses
 	writeJSON(w, http.StatusOK, json.RawMessage(rep.Json))
 }
 
+// hasCanonicalAlias reports whether an upgrade's source room has a
+// canonical alias event: the room answers JSON null when it has none.
+func hasCanonicalAlias(content json.RawMessage) bool {
+	return len(content) > 0 && string(content) != "null"
+}
+
 // timestampQuery reads the ts and dir parameters of /timestamp_to_event.
 func timestampQuery(r *http.Request) (int64, string, error) {
 	q := r.URL.Query()
@@ -644,7 +650,7 @@ func (s *Server) createUpgradedRoom(ctx context.Context, sess *Session, oldID st
 	for _, st := range src.State {
 		initial = append(initial, &pb.StateEvent{Type: st.Type, StateKey: st.StateKey, Content: st.Content})
 	}
-	if len(src.CanonicalAlias) > 0 {
+	if hasCanonicalAlias(src.CanonicalAlias) {
 		initial = append(initial, &pb.StateEvent{Type: "m.room.canonical_alias", Content: src.CanonicalAlias})
 	}
 	for _, u := range src.Bans {
@@ -729,7 +735,7 @@ func (s *Server) finishUpgrade(ctx context.Context, sess *Session, oldID, newID 
 		_, err = roomRequest[*pb.Empty](ctx, s, &pb.RoomAliasUpdate{RoomId: newID, Alias: a})
 		logFail("add alias to new room", err)
 	}
-	if len(src.CanonicalAlias) > 0 && string(src.CanonicalAlias) != "{}" {
+	if hasCanonicalAlias(src.CanonicalAlias) && string(src.CanonicalAlias) != "{}" {
 		_, err := roomRequest[*pb.SendEventReply](ctx, s, &pb.SendEvent{RoomId: oldID, Sender: sess.UserID,
 			DeviceId: sess.DeviceID, Type: "m.room.canonical_alias", IsState: true, Content: json.RawMessage(`{}`)})
 		logFail("clear old canonical alias", err)

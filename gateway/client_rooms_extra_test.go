@@ -567,3 +567,23 @@ func TestUserDirectorySearch(t *testing.T) {
 	expectErr(t, node, alice.AccessToken, "POST", ud, []byte(`nope`), http.StatusBadRequest, "M_NOT_JSON")
 	expectErr(t, node, "", "POST", ud, []byte(`{"search_term":"a"}`), http.StatusUnauthorized, "M_MISSING_TOKEN")
 }
+
+// A room without a canonical alias upgrades too (the old room's missing
+// alias must not become an m.room.canonical_alias event of content null).
+func TestRoomUpgradeWithoutAlias(t *testing.T) {
+	node := shoaltest.Start(t)
+	ctx := context.Background()
+	alice := node.Register("alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, out := rawCall(t, node, alice.AccessToken, "POST", "/_matrix/client/v3/rooms/"+esc(room.RoomID.String())+"/upgrade", []byte(`{"new_version":"11"}`))
+	if st != 200 {
+		t.Fatalf("upgrade of a room without an alias: %d %v", st, out)
+	}
+	var alias map[string]any
+	if err := alice.StateEvent(ctx, id.RoomID(out["replacement_room"].(string)), event.StateCanonicalAlias, "", &alias); err == nil {
+		t.Fatalf("the new room got a canonical alias event: %v", alias)
+	}
+}
