@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/shoal-chat/shoal/actors"
 	"github.com/shoal-chat/shoal/actors/pb"
@@ -28,6 +29,9 @@ import (
 const (
 	// maxJoinCandidates bounds the servers tried for one handshake.
 	maxJoinCandidates = 16
+	// sendJoinTimeout bounds a send_join: the resident server of a large
+	// room sends its whole state, which can take minutes.
+	sendJoinTimeout = 5 * time.Minute
 	// maxSendJoinBytes bounds a send_join answer (the room's whole state
 	// and auth chain) and maxSendJoinEvents the events in it.
 	maxSendJoinBytes  = 256 << 20
@@ -467,7 +471,7 @@ func (s *Server) remoteJoin(ctx context.Context, roomID, userID string, extra ma
 func (s *Server) sendJoin(ctx context.Context, dest, roomID string, ev *eventgraph.Event) (*sendJoinResponse, error) {
 	body, err := s.fed.client.Do(ctx, fedclient.Request{Method: http.MethodPut, Destination: dest, Signed: true,
 		URI:     "/_matrix/federation/v2/send_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(ev.EventID()),
-		Content: ev.JSON(), Limit: maxSendJoinBytes})
+		Content: ev.JSON(), Limit: maxSendJoinBytes, Timeout: sendJoinTimeout})
 	if err != nil {
 		return nil, err
 	}

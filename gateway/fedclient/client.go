@@ -30,10 +30,9 @@ import (
 // Defaults and bounds of outbound requests. Everything a peer controls is
 // bounded: how long it may take, how much it may send back.
 const (
-	DefaultTimeout     = 30 * time.Second
-	dialTimeout        = 10 * time.Second
-	handshakeTimeout   = 10 * time.Second
-	responseHeaderWait = 20 * time.Second
+	DefaultTimeout   = 30 * time.Second
+	dialTimeout      = 10 * time.Second
+	handshakeTimeout = 10 * time.Second
 	// MaxResponseBytes bounds a response body unless the caller asks for
 	// less.
 	MaxResponseBytes = 4 << 20
@@ -110,7 +109,6 @@ func New(cfg Config) *Client {
 		ForceAttemptHTTP2:      true,
 		MaxIdleConnsPerHost:    8,
 		IdleConnTimeout:        90 * time.Second,
-		ResponseHeaderTimeout:  responseHeaderWait,
 		MaxResponseHeaderBytes: 64 << 10,
 	}
 	c.http = &http.Client{
@@ -150,6 +148,9 @@ type Request struct {
 	Signed bool
 	// Limit bounds the response body (zero: MaxResponseBytes).
 	Limit int64
+	// Timeout bounds this request instead of the client's Timeout (zero:
+	// the client's): a send_join to a large room's server may take minutes.
+	Timeout time.Duration
 }
 
 // Do sends req and returns the body of a 2xx response. Other statuses are
@@ -165,7 +166,11 @@ func (c *Client) Do(ctx context.Context, req Request) ([]byte, error) {
 	if limit <= 0 {
 		limit = MaxResponseBytes
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	timeout := c.cfg.Timeout
+	if req.Timeout > 0 {
+		timeout = req.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	host, err := c.hostHeader(ctx, req.Destination)
 	if err != nil {
