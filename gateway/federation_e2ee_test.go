@@ -6,12 +6,9 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -308,58 +305,16 @@ func startKeysPeer(t *testing.T, fed *shoaltest.Federation, name string) *keysPe
 	t.Helper()
 	kp := &keysPeer{}
 	kp.devices.Store(map[string]any{})
-	kp.fakePeer = startE2EEPeer(t, fed, name, func(w http.ResponseWriter, r *http.Request) bool {
+	kp.fakePeer = startFakePeerWith(t, fed, name, func(_ *fakePeer, w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/_matrix/federation/v1/user/keys/query" {
-			return false
+			http.Error(w, `{"errcode":"M_UNRECOGNIZED","error":"no"}`, http.StatusNotFound)
+			return
 		}
 		kp.queries.Add(1)
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"device_keys": map[string]any{"@carol:" + name: kp.devices.Load()}})
-		return true
 	})
 	return kp
-}
-
-// startE2EEPeer is startFakePeer with more endpoints: extra answers the
-// requests it recognises (returning true).
-func startE2EEPeer(t *testing.T, fed *shoaltest.Federation, name string, extra func(w http.ResponseWriter, r *http.Request) bool) *fakePeer {
-	t.Helper()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	p := &fakePeer{id: &actors.ServerIdentity{ServerName: name, KeyID: "ed25519:fake1", PrivateKey: priv}}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if extra(w, r) {
-			return
-		}
-		if r.URL.Path != "/_matrix/key/v2/server" {
-			http.Error(w, `{"errcode":"M_UNRECOGNIZED","error":"no"}`, http.StatusNotFound)
-			return
-		}
-		p.fetches.Add(1)
-		body, _ := json.Marshal(map[string]any{
-			"server_name":     name,
-			"valid_until_ts":  time.Now().Add(24 * time.Hour).UnixMilli(),
-			"verify_keys":     map[string]any{p.id.KeyID: map[string]string{"key": base64.RawStdEncoding.EncodeToString(priv.Public().(ed25519.PublicKey))}},
-			"old_verify_keys": map[string]any{},
-		})
-		signed, err := eventgraph.SignJSON(body, name, p.id.KeyID, priv)
-		if err != nil {
-			t.Error(err)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(signed)
-	}))
-	certFile, keyFile := fed.CA.Issue(t, t.TempDir(), name)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	n, _ := strconv.Atoi(port)
-	fed.Add(name, n)
-	return p
 }
 
 // peerDeviceKeys makes signed device keys of a user of a fake peer.

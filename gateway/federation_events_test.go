@@ -11,9 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -52,35 +50,13 @@ func startPDUPeer(t *testing.T, fed *shoaltest.Federation, name string) *pduPeer
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	p := &pduPeer{t: t, fed: fed, name: name, routes: map[string]http.HandlerFunc{},
 		id: &actors.ServerIdentity{ServerName: name, KeyID: "ed25519:pdu1", PrivateKey: priv}}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(p.serve))
-	certFile, keyFile := fed.CA.Issue(t, t.TempDir(), name)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	n, _ := strconv.Atoi(port)
-	fed.Add(name, n)
+	startTLSPeer(t, fed, name, http.HandlerFunc(p.serve))
 	return p
 }
 
 func (p *pduPeer) serve(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/_matrix/key/v2/server" {
-		body, _ := json.Marshal(map[string]any{
-			"server_name":     p.name,
-			"valid_until_ts":  time.Now().Add(24 * time.Hour).UnixMilli(),
-			"verify_keys":     map[string]any{p.id.KeyID: map[string]string{"key": base64.RawStdEncoding.EncodeToString(p.id.PrivateKey.Public().(ed25519.PublicKey))}},
-			"old_verify_keys": map[string]any{},
-		})
-		signed, err := eventgraph.SignJSON(body, p.name, p.id.KeyID, p.id.PrivateKey)
-		if err != nil {
-			p.t.Error(err)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(signed)
+		writeServerKeys(p.t, w, p.id)
 		return
 	}
 	p.mu.Lock()

@@ -9,12 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -406,44 +403,6 @@ func TestFedMembershipRestrictedResident(t *testing.T) {
 	}
 }
 
-// fmStartPeer is a fake peer like startFakePeer whose endpoints other than
-// the key endpoint are served by handle.
-func fmStartPeer(t *testing.T, fed *shoaltest.Federation, name string, handle func(p *fakePeer, w http.ResponseWriter, r *http.Request)) *fakePeer {
-	t.Helper()
-	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	p := &fakePeer{id: &actors.ServerIdentity{ServerName: name, KeyID: "ed25519:fake1", PrivateKey: priv}}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/_matrix/key/v2/server" {
-			handle(p, w, r)
-			return
-		}
-		body, _ := json.Marshal(map[string]any{
-			"server_name":     name,
-			"valid_until_ts":  time.Now().Add(24 * time.Hour).UnixMilli(),
-			"verify_keys":     map[string]any{p.id.KeyID: map[string]string{"key": eventgraph.EncodeBase64(priv.Public().(ed25519.PublicKey))}},
-			"old_verify_keys": map[string]any{},
-		})
-		signed, err := eventgraph.SignJSON(body, name, p.id.KeyID, priv)
-		if err != nil {
-			t.Error(err)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(signed)
-	}))
-	certFile, keyFile := fed.CA.Issue(t, t.TempDir(), name)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-	n, _ := strconv.Atoi(port)
-	fed.Add(name, n)
-	return p
-}
-
 // Inviting users of servers that misbehave: one that refuses the invite
 // with M_MISSING_PARAM (MSC4311: the client gets a 5xx), one that returns
 // the invite without its signature (refused), and one that counter-signs
@@ -483,9 +442,9 @@ func TestFedMembershipInviteOut(t *testing.T) {
 			}
 		}
 	}
-	fmStartPeer(t, fed, "missing.test", answer("missing"))
-	fmStartPeer(t, fed, "unsigned.test", answer("unsigned"))
-	fmStartPeer(t, fed, "good.test", answer("good"))
+	startFakePeerWith(t, fed, "missing.test", answer("missing"))
+	startFakePeerWith(t, fed, "unsigned.test", answer("unsigned"))
+	startFakePeerWith(t, fed, "good.test", answer("good"))
 	ctx := context.Background()
 	alice := a.Register("alice")
 	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "invites out"})
@@ -812,7 +771,7 @@ func TestFedMembershipThirdPartyOnBind(t *testing.T) {
 	fed := shoaltest.NewFederation(t)
 	a := fed.Start(t, "a.test")
 	got := make(chan map[string]any, 4)
-	fmStartPeer(t, fed, "res.test", func(p *fakePeer, w http.ResponseWriter, r *http.Request) {
+	startFakePeerWith(t, fed, "res.test", func(p *fakePeer, w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPut || !strings.HasPrefix(r.URL.Path, "/_matrix/federation/v1/exchange_third_party_invite/") {
 			http.Error(w, `{"errcode":"M_UNRECOGNIZED","error":"no"}`, http.StatusNotFound)
 			return
@@ -873,7 +832,7 @@ func TestFedMembershipThirdPartyOnBind(t *testing.T) {
 func TestFedMembershipThirdPartyExchange(t *testing.T) {
 	fed := shoaltest.NewFederation(t)
 	a := fed.Start(t, "a.test")
-	q := fmStartPeer(t, fed, "q.test", func(p *fakePeer, w http.ResponseWriter, r *http.Request) {
+	q := startFakePeerWith(t, fed, "q.test", func(p *fakePeer, w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			RoomVersion string          `json:"room_version"`
 			Event       json.RawMessage `json:"event"`

@@ -39,28 +39,39 @@ type fakePeer struct {
 }
 
 func startFakePeer(t testing.TB, fed *shoaltest.Federation, name string) *fakePeer {
+	return startFakePeerWith(t, fed, name, nil)
+}
+
+// startFakePeerWith is startFakePeer with more endpoints: extra, when set,
+// answers every request other than the key endpoint's.
+func startFakePeerWith(t testing.TB, fed *shoaltest.Federation, name string, extra func(p *fakePeer, w http.ResponseWriter, r *http.Request)) *fakePeer {
 	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	p := &fakePeer{id: &actors.ServerIdentity{ServerName: name, KeyID: "ed25519:fake1", PrivateKey: priv}}
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/_matrix/key/v2/server" || p.down.Load() {
+	startTLSPeer(t, fed, name, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/_matrix/key/v2/server" {
+			if extra != nil {
+				extra(p, w, r)
+				return
+			}
+			http.Error(w, `{"errcode":"M_UNRECOGNIZED","error":"no"}`, http.StatusNotFound)
+			return
+		}
+		if p.down.Load() {
 			http.Error(w, `{"errcode":"M_UNRECOGNIZED","error":"no"}`, http.StatusNotFound)
 			return
 		}
 		p.fetches.Add(1)
-		body, _ := json.Marshal(map[string]any{
-			"server_name":     name,
-			"valid_until_ts":  time.Now().Add(24 * time.Hour).UnixMilli(),
-			"verify_keys":     map[string]any{p.id.KeyID: map[string]string{"key": base64.RawStdEncoding.EncodeToString(priv.Public().(ed25519.PublicKey))}},
-			"old_verify_keys": map[string]any{},
-		})
-		signed, err := eventgraph.SignJSON(body, name, p.id.KeyID, priv)
-		if err != nil {
-			t.Error(err)
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(signed)
+		writeServerKeys(t, w, p.id)
 	}))
+	return p
+}
+
+// startTLSPeer serves handler on loopback over TLS with a certificate of
+// fed's CA for name, and puts it in fed's name table.
+func startTLSPeer(t testing.TB, fed *shoaltest.Federation, name string, handler http.Handler) {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(handler)
 	certFile, keyFile := fed.CA.Issue(t, t.TempDir(), name)
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
@@ -72,7 +83,23 @@ func startFakePeer(t testing.TB, fed *shoaltest.Federation, name string) *fakePe
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
 	n, _ := strconv.Atoi(port)
 	fed.Add(name, n)
-	return p
+}
+
+// writeServerKeys answers /_matrix/key/v2/server for id: its key, valid
+// for a day, self-signed.
+func writeServerKeys(t testing.TB, w http.ResponseWriter, id *actors.ServerIdentity) {
+	body, _ := json.Marshal(map[string]any{
+		"server_name":     id.ServerName,
+		"valid_until_ts":  time.Now().Add(24 * time.Hour).UnixMilli(),
+		"verify_keys":     map[string]any{id.KeyID: map[string]string{"key": base64.RawStdEncoding.EncodeToString(id.PrivateKey.Public().(ed25519.PublicKey))}},
+		"old_verify_keys": map[string]any{},
+	})
+	signed, err := eventgraph.SignJSON(body, id.ServerName, id.KeyID, id.PrivateKey)
+	if err != nil {
+		t.Error(err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(signed)
 }
 
 // signedGet sends a GET signed by id (as destination dest) straight to a
