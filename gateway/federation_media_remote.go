@@ -245,7 +245,7 @@ func (s *Server) fetchRemoteMedia(ctx context.Context, server, mediaID string, t
 		uri = "/_matrix/federation/v1/media/thumbnail/" + url.PathEscape(mediaID)
 	}
 	resp, err := s.fed.client.Stream(ctx, fedclient.Request{Method: http.MethodGet, Destination: server, Signed: true,
-		URI: uri + "?" + q.Encode(), Limit: limit + multipartOverhead}, wait+remoteMediaTransfer)
+		URI: uri + "?" + q.Encode(), Limit: limit + multipartOverhead, Timeout: wait + remoteMediaTransfer})
 	legacy := false
 	if he := (*fedclient.HTTPError)(nil); errors.As(err, &he) && he.Status == http.StatusNotFound && he.ErrCode == "M_UNRECOGNIZED" {
 		// A server older than Matrix 1.11: its unauthenticated endpoints,
@@ -257,7 +257,7 @@ func (s *Server) fetchRemoteMedia(ctx context.Context, server, mediaID string, t
 			uri = "/_matrix/media/v3/thumbnail/" + url.PathEscape(server) + "/" + url.PathEscape(mediaID)
 		}
 		resp, err = s.fed.client.Stream(ctx, fedclient.Request{Method: http.MethodGet, Destination: server,
-			URI: uri + "?" + q.Encode(), Limit: limit}, wait+remoteMediaTransfer)
+			URI: uri + "?" + q.Encode(), Limit: limit, Timeout: wait + remoteMediaTransfer})
 	}
 	if err != nil {
 		return s.remoteMediaError(ctx, server, err)

@@ -5,11 +5,9 @@
 package fedclient
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"strconv"
 	"strings"
 	"syscall"
@@ -153,80 +150,20 @@ type Request struct {
 	Timeout time.Duration
 }
 
-// Do sends req and returns the body of a 2xx response. Other statuses are
-// *HTTPError.
+// Do sends req and returns the body of a 2xx response, at most req.Limit
+// bytes. Other statuses are *HTTPError.
 func (c *Client) Do(ctx context.Context, req Request) ([]byte, error) {
-	if _, _, err := eventgraph.ParseServerName(req.Destination); err != nil {
-		return nil, fmt.Errorf("fedclient: destination: %w", err)
-	}
-	if !strings.HasPrefix(req.URI, "/_matrix/") {
-		return nil, fmt.Errorf("fedclient: URI %q does not start with /_matrix/", req.URI)
-	}
-	limit := req.Limit
-	if limit <= 0 {
-		limit = MaxResponseBytes
-	}
-	timeout := c.cfg.Timeout
-	if req.Timeout > 0 {
-		timeout = req.Timeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	host, err := c.hostHeader(ctx, req.Destination)
+	resp, err := c.Stream(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	var body io.Reader
-	if req.Content != nil {
-		body = bytes.NewReader(req.Content)
-	}
-	ru, err := url.ParseRequestURI(req.URI)
-	if err != nil {
-		return nil, fmt.Errorf("fedclient: URI %q: %w", req.URI, err)
-	}
-	ru.Scheme, ru.Host = "https", urlHost(req.Destination)
-	hr, err := http.NewRequestWithContext(ctx, req.Method, ru.String(), body)
-	if err != nil {
-		return nil, fmt.Errorf("fedclient: build request: %w", err)
-	}
-	hr.Host = host
-	if req.Content != nil {
-		hr.Header.Set("Content-Type", "application/json")
-	}
-	if req.Signed {
-		if c.cfg.Identity == nil {
-			return nil, errors.New("fedclient: signed request without a server identity")
-		}
-		// Sign the request target exactly as it goes on the wire.
-		auth, err := SignRequest(c.cfg.Identity, req.Method, hr.URL.RequestURI(), req.Destination, req.Content)
-		if err != nil {
-			return nil, err
-		}
-		hr.Header.Set("Authorization", auth)
-	}
-	resp, err := c.http.Do(hr)
-	if err != nil {
-		return nil, fmt.Errorf("fedclient: %s %s: %w", req.Method, req.Destination, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
-		he := &HTTPError{Status: resp.StatusCode}
-		var e struct {
-			ErrCode string `json:"errcode"`
-			Error   string `json:"error"`
-		}
-		if json.Unmarshal(raw, &e) == nil {
-			he.ErrCode, he.Message = e.ErrCode, e.Error
-		}
-		return nil, he
-	}
-	out, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	out, err := io.ReadAll(resp.Body)
 	if err != nil {
+		if errors.Is(err, ErrTooLarge) {
+			return nil, fmt.Errorf("fedclient: response of %s exceeds %d bytes: %w", req.Destination, limitOf(req), err)
+		}
 		return nil, fmt.Errorf("fedclient: read response of %s: %w", req.Destination, err)
-	}
-	if int64(len(out)) > limit {
-		return nil, fmt.Errorf("fedclient: response of %s exceeds %d bytes", req.Destination, limit)
 	}
 	return out, nil
 }

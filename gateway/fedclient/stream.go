@@ -1,6 +1,7 @@
 package fedclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +10,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"time"
 
 	"github.com/shoal-chat/shoal/eventgraph"
 )
@@ -24,22 +24,20 @@ type Response struct {
 	Body io.ReadCloser
 }
 
-// Stream sends req like Do but hands back the response's headers and body
-// instead of reading it. timeout bounds the whole exchange, body included
-// (zero: the client's timeout). Non-2xx answers are *HTTPError.
-func (c *Client) Stream(ctx context.Context, req Request, timeout time.Duration) (*Response, error) {
+// Stream sends req and hands back the response's headers and body for the
+// caller to read (Do reads it). req.Timeout (or the client's) bounds the
+// whole exchange, body included. Non-2xx answers are *HTTPError.
+func (c *Client) Stream(ctx context.Context, req Request) (*Response, error) {
 	if _, _, err := eventgraph.ParseServerName(req.Destination); err != nil {
 		return nil, fmt.Errorf("fedclient: destination: %w", err)
 	}
 	if !strings.HasPrefix(req.URI, "/_matrix/") {
 		return nil, fmt.Errorf("fedclient: URI %q does not start with /_matrix/", req.URI)
 	}
-	limit := req.Limit
-	if limit <= 0 {
-		limit = MaxResponseBytes
-	}
-	if timeout <= 0 {
-		timeout = c.cfg.Timeout
+	limit := limitOf(req)
+	timeout := c.cfg.Timeout
+	if req.Timeout > 0 {
+		timeout = req.Timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	ok := false
@@ -57,16 +55,24 @@ func (c *Client) Stream(ctx context.Context, req Request, timeout time.Duration)
 		return nil, fmt.Errorf("fedclient: URI %q: %w", req.URI, err)
 	}
 	ru.Scheme, ru.Host = "https", urlHost(req.Destination)
-	hr, err := http.NewRequestWithContext(ctx, req.Method, ru.String(), nil)
+	var body io.Reader
+	if req.Content != nil {
+		body = bytes.NewReader(req.Content)
+	}
+	hr, err := http.NewRequestWithContext(ctx, req.Method, ru.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("fedclient: build request: %w", err)
 	}
 	hr.Host = host
+	if req.Content != nil {
+		hr.Header.Set("Content-Type", "application/json")
+	}
 	if req.Signed {
 		if c.cfg.Identity == nil {
 			return nil, errors.New("fedclient: signed request without a server identity")
 		}
-		auth, err := SignRequest(c.cfg.Identity, req.Method, hr.URL.RequestURI(), req.Destination, nil)
+		// Sign the request target exactly as it goes on the wire.
+		auth, err := SignRequest(c.cfg.Identity, req.Method, hr.URL.RequestURI(), req.Destination, req.Content)
 		if err != nil {
 			return nil, err
 		}
@@ -92,6 +98,14 @@ func (c *Client) Stream(ctx context.Context, req Request, timeout time.Duration)
 	ok = true
 	return &Response{Header: resp.Header, Body: &limitedBody{r: resp.Body, left: limit, cancel: cancel,
 		dest: req.Destination}}, nil
+}
+
+// limitOf is the response size bound of req.
+func limitOf(req Request) int64 {
+	if req.Limit > 0 {
+		return req.Limit
+	}
+	return MaxResponseBytes
 }
 
 // ErrTooLarge is what a Stream body reads once the peer sent more than
