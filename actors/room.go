@@ -393,6 +393,10 @@ type batch struct {
 	// backfilled are history events placed by this batch, oldest first;
 	// commit gives them positions below the timeline.
 	backfilled []string
+	// pendingRedactions are redactions whose targets are not here yet
+	// (target → redaction); donePending the targets that arrived.
+	pendingRedactions map[string]string
+	donePending       []string
 	// bootstrap: the batch starts the room here from a send_join answer.
 	bootstrap bool
 	// forwardFrom is the server whose membership event (send_join,
@@ -418,7 +422,8 @@ func (r *roomActor) newBatch() *batch {
 		added: map[string]*eventgraph.Event{}, extrem: ext, depth: r.meta.Depth, pos: r.meta.Pos, now: r.env.NowMillis(),
 		redacted: map[string]*storage.RoomEvent{}, redactedEvents: map[string]*eventgraph.Event{},
 		group: r.meta.StateGroup, groupChain: r.meta.GroupChain, nextGroup: max(r.meta.NextGroup, 1),
-		groups: map[uint64]storage.StateGroup{}, stored: map[string]*storage.RoomEvent{}, loaded: map[string]*eventgraph.Event{}}
+		groups: map[uint64]storage.StateGroup{}, stored: map[string]*storage.RoomEvent{}, loaded: map[string]*eventgraph.Event{},
+		pendingRedactions: map[string]string{}}
 }
 
 func (b *batch) stateID(k eventgraph.StateKey) (string, bool) {
@@ -732,6 +737,16 @@ func (b *batch) commit() error {
 		}
 		for id, g := range b.groups {
 			if err := rt.PutStateGroup(id, g); err != nil {
+				return err
+			}
+		}
+		for target, redaction := range b.pendingRedactions {
+			if err := rt.PutPendingRedaction(target, redaction); err != nil {
+				return err
+			}
+		}
+		for _, target := range b.donePending {
+			if err := rt.DeletePendingRedaction(target); err != nil {
 				return err
 			}
 		}

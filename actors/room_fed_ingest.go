@@ -481,7 +481,7 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 			// never built upon.
 			b.store(id, &storage.RoomEvent{PDU: ev.CanonicalPDU()}, ev)
 			b.backfilled = append(b.backfilled, id)
-			return "", nil
+			return "", b.applyPendingRedaction(id, b.stored[id])
 		}
 		for _, p := range missingP {
 			missingPrev[p] = true
@@ -526,7 +526,7 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 		// room has positions left below its first event, in the timeline.
 		b.store(id, &stored, ev)
 		b.backfilled = append(b.backfilled, id)
-		return "", nil
+		return "", b.applyPendingRedaction(id, b.stored[id])
 	}
 	if !opts.noSoftFail {
 		// The batch answers auth lookups from the current state.
@@ -538,10 +538,13 @@ func (b *batch) place(ev *eventgraph.Event, given []string, opts ingestOptions, 
 			b.r.env.Log.Info("room: soft-failed event", slog.String("event_id", id), slog.String("reason", ae.Error()))
 			stored.SoftFailed = true
 			b.store(id, &stored, ev)
-			return "", nil
+			return "", b.applyPendingRedaction(id, b.stored[id])
 		}
 	}
-	return "", b.appendRemote(ev, stored)
+	if err := b.appendRemote(ev, stored); err != nil {
+		return "", err
+	}
+	return "", b.applyPendingRedaction(id, &b.events[len(b.events)-1].rec)
 }
 
 // appendRemote adds an accepted event to the timeline, makes it a forward
@@ -655,8 +658,27 @@ func (b *batch) applyRemoteRedaction(ev *eventgraph.Event) error {
 		return nil
 	}
 	rec, err := b.record(target)
-	if err != nil || rec == nil || rec.Rejected != "" {
+	if err != nil {
 		return err
+	}
+	if rec == nil {
+		// The target comes later (a gap, /backfill): it is redacted when
+		// it is stored.
+		if len(target) <= maxIDBytes {
+			b.pendingRedactions[target] = ev.EventID()
+		}
+		return nil
+	}
+	return b.redactIfAllowed(target, rec, ev, false)
+}
+
+// redactIfAllowed redacts the stored target of redaction ev when ev may take
+// effect: its sender is of the target's sender's server or has the redact
+// power. inBatch says rec is the batch's own record of an event it is
+// adding, redacted where it is.
+func (b *batch) redactIfAllowed(target string, rec *storage.RoomEvent, ev *eventgraph.Event, inBatch bool) error {
+	if rec.Rejected != "" {
+		return nil
 	}
 	tev, err := b.lookup(target)
 	if err != nil || tev == nil {
@@ -674,7 +696,49 @@ func (b *batch) applyRemoteRedaction(ev *eventgraph.Event) error {
 			return nil
 		}
 	}
+	if inBatch {
+		red, err := eventgraph.Redact(rec.PDU, b.r.rv)
+		if err != nil {
+			return fmt.Errorf("room %s: redact %s: %w", b.r.roomID, target, err)
+		}
+		rec.PDU, rec.RedactedBy = red, ev.EventID()
+		// What the batch hands on (state, notices) is the redacted event.
+		rev, err := eventgraph.NewEventFromTrustedJSON(red, b.r.rv, target)
+		if err != nil {
+			return fmt.Errorf("room %s: parse redacted %s: %w", b.r.roomID, target, err)
+		}
+		if _, ok := b.added[target]; ok {
+			b.added[target] = rev
+		}
+		if _, ok := b.loaded[target]; ok {
+			b.loaded[target] = rev
+		}
+		for _, pe := range b.events {
+			if pe.ev.EventID() == target {
+				pe.ev = rev
+			}
+		}
+		return nil
+	}
 	return b.redact(target, rec, ev.EventID())
+}
+
+// applyPendingRedaction redacts a newly stored event that a redaction
+// received earlier was waiting for.
+func (b *batch) applyPendingRedaction(id string, rec *storage.RoomEvent) error {
+	if b.rt == nil {
+		return nil
+	}
+	rid, err := b.rt.PendingRedaction(id)
+	if err != nil || rid == "" {
+		return err
+	}
+	red, err := b.lookup(rid)
+	if err != nil || red == nil {
+		return err
+	}
+	b.donePending = append(b.donePending, id)
+	return b.redactIfAllowed(id, rec, red, true)
 }
 
 // stateEventOf is the batch's current state event of (typ, "").

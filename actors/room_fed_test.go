@@ -421,3 +421,37 @@ func startNamedNode(t testing.TB, name string) *testNode {
 	t.Cleanup(tn.stop)
 	return tn
 }
+
+// A redaction that arrives before its target (which comes later, here by
+// /backfill-like ingest) redacts the target when it is stored.
+func TestFedRedactionBeforeTarget(t *testing.T) {
+	tn := startNode(t)
+	alice := user("alice")
+	room := tn.createRoom("11", alice, &pb.StateEvent{Type: "m.room.join_rules", Content: raw(map[string]string{"join_rule": "public"})})
+	rs := newRemote(t, "remote.test", "11", room)
+	join := rs.join(tn, "bob")
+	bob := rs.user("bob")
+	secret := rs.build(bob, "m.room.message", nil, map[string]string{"msgtype": "m.text", "body": "secret"}, []string{join.EventID()})
+	c := raw(map[string]string{"redacts": secret.EventID()})
+	red := rs.build(bob, "m.room.redaction", nil, json.RawMessage(c), []string{secret.EventID()})
+	// The redaction arrives with the state before it given (its prev, the
+	// secret, unknown here).
+	var ids []string
+	for _, id := range rs.state {
+		ids = append(ids, id)
+	}
+	rep := tn.must(&pb.RoomFedIngest{RoomId: room, Origin: rs.name, Pdus: [][]byte{red.CanonicalPDU()},
+		States: []*pb.FedStateBefore{{EventId: red.EventID(), StateIds: ids}}}).(*pb.RoomFedIngestReply)
+	if rep.Results[red.EventID()] != "" {
+		t.Fatalf("redaction refused: %v", rep.Results)
+	}
+	// The target comes later as history.
+	rep = tn.must(&pb.RoomFedIngest{RoomId: room, Origin: rs.name, Pdus: [][]byte{secret.CanonicalPDU()}, Backfill: true}).(*pb.RoomFedIngestReply)
+	if rep.Results[secret.EventID()] != "" {
+		t.Fatalf("target refused: %v", rep.Results)
+	}
+	r := tn.must(&pb.RoomFedRead{RoomId: room, Origin: rs.name, Kind: "event", EventIds: []string{secret.EventID()}}).(*pb.RoomFedReadReply)
+	if strings.Contains(string(r.Pdus[0]), "secret") {
+		t.Fatalf("target stored unredacted: %s", r.Pdus[0])
+	}
+}

@@ -132,3 +132,36 @@ func (r RoomTx) Outsiders(fn func(user string, raw []byte) error) error {
 	}
 	return b.ForEach(func(k, v []byte) error { return fn(string(k), v) })
 }
+
+// Pending redactions: a redaction that arrived before the event it redacts
+// (fetched later, e.g. by /backfill) waits here for it.
+//
+//	pendingredactions   target event ID → redaction event ID
+const roomPendingRedactionsStore = "pendingredactions"
+
+// PendingRedaction returns the redaction waiting for target ("" if none).
+func (r RoomTx) PendingRedaction(target string) (string, error) {
+	b, err := r.bucket(roomPendingRedactionsStore, false)
+	if err != nil || b == nil || target == "" || len(target) > 1024 {
+		return "", err
+	}
+	return string(b.Get([]byte(target))), nil
+}
+
+// PutPendingRedaction records that redaction waits for target.
+func (r RoomTx) PutPendingRedaction(target, redaction string) error {
+	b, err := r.bucket(roomPendingRedactionsStore, true)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(target), []byte(redaction))
+}
+
+// DeletePendingRedaction forgets the redaction waiting for target.
+func (r RoomTx) DeletePendingRedaction(target string) error {
+	b, err := r.bucket(roomPendingRedactionsStore, false)
+	if err != nil || b == nil {
+		return err
+	}
+	return b.Delete([]byte(target))
+}
