@@ -85,7 +85,12 @@ type fedTxnActor struct {
 	claimSeq uint64
 
 	presRooms  map[string][]string // remote user → rooms, sorted
-	delivering *atomic.Int32
+	// lastPresence is each remote user's latest presence (in memory): an
+	// update that comes before this server knows the user's rooms (a
+	// server tells its users' presence as soon as ours joins, often before
+	// our join has finished) is delivered once the rooms are known.
+	lastPresence map[string]*pb.PresenceNotice
+	delivering   *atomic.Int32
 }
 
 // NewFedTxn makes the inbound actor of one remote server; its identity is
@@ -403,12 +408,19 @@ func (a *fedTxnActor) presenceRooms(m *pb.FedPresenceRooms) error {
 	for _, u := range evicted {
 		delete(a.presRooms, u)
 	}
+	var late []*pb.PresenceNotice
 	for u, rooms := range changed {
 		if len(rooms) == 0 {
 			delete(a.presRooms, u)
 		} else {
 			a.presRooms[u] = rooms
+			if n := a.lastPresence[u]; n != nil && !m.Left {
+				late = append(late, n)
+			}
 		}
+	}
+	if len(late) > 0 {
+		a.presenceIn(&pb.FedPresenceIn{Origin: a.origin, Notices: late})
 	}
 	return nil
 }
@@ -428,6 +440,16 @@ func (a *fedTxnActor) presenceIn(m *pb.FedPresenceIn) {
 		if serverOf(n.Sender) != a.origin {
 			continue
 		}
+		if a.lastPresence == nil {
+			a.lastPresence = map[string]*pb.PresenceNotice{}
+		}
+		if _, known := a.lastPresence[n.Sender]; !known && len(a.lastPresence) >= maxFedPresenceUsers {
+			for victim := range a.lastPresence {
+				delete(a.lastPresence, victim)
+				break
+			}
+		}
+		a.lastPresence[n.Sender] = n
 		if rooms := a.presRooms[n.Sender]; len(rooms) > 0 {
 			jobs = append(jobs, job{notice: n, rooms: slices.Clone(rooms)})
 		}

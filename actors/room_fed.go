@@ -78,6 +78,7 @@ func (r *roomActor) federate(b *batch, before []string) {
 		}
 	}
 	r.tellPresenceRooms(b)
+	r.sharePresenceWithNewServers(before)
 	shards := map[string][]string{}
 	add := func(id string) {
 		sh := pb.EventIndexShard(id)
@@ -132,6 +133,30 @@ func (r *roomActor) tellPresenceRooms(b *batch) {
 	}
 	for origin, users := range left {
 		r.env.Router.Send(&pb.FedPresenceRooms{Origin: origin, Users: users, Left: true})
+	}
+}
+
+// sharePresenceWithNewServers asks the local members' user actors to send
+// their presence to servers that were not in the room before the batch:
+// others' presence reaches a server only when it changes, so a server that
+// just joined would otherwise see local users offline until they move.
+func (r *roomActor) sharePresenceWithNewServers(before []string) {
+	var added []string
+	for _, s := range r.remoteServers() {
+		if !containsStr(before, s) {
+			added = append(added, s)
+		}
+	}
+	if len(added) == 0 {
+		return
+	}
+	for user, m := range r.members {
+		if m.Membership != eventgraph.MembershipJoin || !r.isLocal(user) {
+			continue
+		}
+		for _, s := range added {
+			r.env.Router.Send(&pb.PresenceTick{UserId: user, Kind: "share", Server: s})
+		}
 	}
 }
 

@@ -198,7 +198,27 @@ func (u *user) presenceTick(ctx actor.Context, m *pb.PresenceTick) {
 			u.pres.timer = nil
 		}
 		u.presenceTransitions(ctx)
+	case "share":
+		u.sharePresence(m.Server)
 	}
+}
+
+// sharePresence sends server, which has just joined one of the user's
+// rooms, the user's current presence (an offline user has none to tell).
+func (u *user) sharePresence(server string) {
+	if server == "" || server == u.env.Server.ServerName || u.st.Account == nil || u.st.Account.Deactivated {
+		return
+	}
+	c := u.presenceContent()
+	if c["presence"] == "offline" {
+		return
+	}
+	edu, err := presenceEDU(u.userID, c)
+	if err != nil {
+		u.env.Log.Error("user: presence EDU", slog.Any("err", err))
+		return
+	}
+	u.env.Router.Send(&pb.FedEnqueue{Destination: server, Edus: []*pb.FedEDU{edu}})
 }
 
 // presenceTransitions applies the automatic transitions that are due. A

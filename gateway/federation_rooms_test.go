@@ -303,3 +303,23 @@ func TestFederationThreeServers(t *testing.T) {
 		}
 	}
 }
+
+// A server that joins a room is sent the current presence of the room's
+// users: alice set hers before bob's server was in the room and does not
+// change it, yet bob sees it.
+func TestFederationPresenceToNewServer(t *testing.T) {
+	ctx := context.Background()
+	_, a, b := twoNodes(t)
+	alice, bob := a.Register("alice"), b.Register("bob")
+	if err := alice.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "set before b joined"}); err != nil {
+		t.Fatal(err)
+	}
+	created, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "11"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoom(ctx, created.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{"a.test"}}); err != nil {
+		t.Fatal(err)
+	}
+	syncUntilPresence(t, bob, "", alice.UserID, "online", "set before b joined")
+}

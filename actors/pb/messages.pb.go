@@ -5853,10 +5853,13 @@ func (x *PresenceNotice) GetCurrentlyActive() bool {
 // automatic presence transition may be due, "fanout_done" when a presence
 // fan-out it started has been sent.
 type PresenceTick struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UserId        string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Gen           uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	UserId string                 `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Kind   string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	Gen    uint64                 `protobuf:"varint,3,opt,name=gen,proto3" json:"gen,omitempty"`
+	// server, for kind "share": a server that has just joined one of the
+	// user's rooms, to be sent the user's current presence. Sent by rooms.
+	Server        string `protobuf:"bytes,4,opt,name=server,proto3" json:"server,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5910,6 +5913,13 @@ func (x *PresenceTick) GetGen() uint64 {
 		return x.Gen
 	}
 	return 0
+}
+
+func (x *PresenceTick) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
 }
 
 // PushNotice tells a local joined member's user actor about an event
@@ -6848,11 +6858,12 @@ const file_messages_proto_rawDesc = "" +
 	"status_msg\x18\x04 \x01(\tR\tstatusMsg\x12$\n" +
 	"\x0ehas_status_msg\x18\x05 \x01(\bR\fhasStatusMsg\x12$\n" +
 	"\x0elast_active_ts\x18\x06 \x01(\x03R\flastActiveTs\x12)\n" +
-	"\x10currently_active\x18\a \x01(\bR\x0fcurrentlyActive\"M\n" +
+	"\x10currently_active\x18\a \x01(\bR\x0fcurrentlyActive\"e\n" +
 	"\fPresenceTick\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x10\n" +
-	"\x03gen\x18\x03 \x01(\x04R\x03gen\"\xbf\x03\n" +
+	"\x03gen\x18\x03 \x01(\x04R\x03gen\x12\x16\n" +
+	"\x06server\x18\x04 \x01(\tR\x06server\"\xbf\x03\n" +
 	"\n" +
 	"PushNotice\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x17\n" +
