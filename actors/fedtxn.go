@@ -84,7 +84,7 @@ type fedTxnActor struct {
 	claims   map[string]*fedTxnClaim
 	claimSeq uint64
 
-	presRooms  map[string][]string // remote user → rooms, sorted
+	presRooms map[string][]string // remote user → rooms, sorted
 	// lastPresence is each remote user's latest presence (in memory): an
 	// update that comes before this server knows the user's rooms (a
 	// server tells its users' presence as soon as ours joins, often before
