@@ -5,8 +5,13 @@
 // certificates (the operator's, self-signed, or certmagic's by ACME, kept
 // in the certs actor so a cluster shares them), the routing of
 // /_matrix/client, /_matrix/federation, /_matrix/key, /_matrix/media and
-// /.well-known, the authentication of clients, JSON in and out with the
-// spec's errors, CORS, and the limits: rate, concurrency, sizes, timeouts.
+// /.well-known, the authentication of clients and of other servers
+// (X-Matrix), JSON in and out with the spec's errors, CORS, and the limits:
+// rate, concurrency, sizes, timeouts. Federation's network side is here
+// too: the outbound client (package fedclient), the inbound PDU pipeline
+// that checks signatures and hashes and fetches what a room lacks
+// (fedin.go) before handing verified events to the room actor, and the
+// handshakes, reads and queries other servers make (federation_*.go).
 //
 // A handler decodes and bounds its input, turns it into messages to the
 // actors that own the data (through actors.Router, so it never knows which

@@ -567,7 +567,7 @@ func (s *Server) handleThirdPartyOnBind(w http.ResponseWriter, r *http.Request) 
 		signed         json.RawMessage
 		body           []byte
 	}
-	var todo []exchange
+	var exchanges []exchange
 	for _, inv := range req.Invites {
 		var signed struct {
 			MXID  string `json:"mxid"`
@@ -579,7 +579,7 @@ func (s *Server) handleThirdPartyOnBind(w http.ResponseWriter, r *http.Request) 
 			return
 		}
 		if s.isLocalUser(inv.Sender) {
-			todo = append(todo, exchange{roomID: inv.RoomID, sender: inv.Sender, signed: inv.Signed})
+			exchanges = append(exchanges, exchange{roomID: inv.RoomID, sender: inv.Sender, signed: inv.Signed})
 			continue
 		}
 		var dests []string
@@ -595,10 +595,10 @@ func (s *Server) handleThirdPartyOnBind(w http.ResponseWriter, r *http.Request) 
 			writeError(w, r, err)
 			return
 		}
-		todo = append(todo, exchange{dests: dests, roomID: inv.RoomID, body: body})
+		exchanges = append(exchanges, exchange{dests: dests, roomID: inv.RoomID, body: body})
 	}
 	var wg sync.WaitGroup
-	for _, x := range todo {
+	for _, x := range exchanges {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
